@@ -1,0 +1,157 @@
+//! `text_config` with `model_type: "t5"`: transformers' `T5Config`.
+
+use serde::Deserialize;
+
+use super::{check_positive, Activation, TokenIds};
+use crate::error::{Error, Result};
+
+/// The T5 encoder-decoder's configuration, as stored in `config.json`.
+///
+/// Omitted fields take transformers' `T5Config` defaults. The feed-forward activation is not a
+/// stored field: it is derived from `feed_forward_proj` by [`T5Config::feed_forward`], exactly as
+/// transformers derives it (a `dense_act_fn` key in the file is ignored, as transformers ignores it).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct T5Config {
+    /// Vocabulary size (32128).
+    pub vocab_size: usize,
+    /// Width (512 by default; 2048 for Flan-T5-XL, 4096 for XXL).
+    pub d_model: usize,
+    /// Width of one attention head (64).
+    pub d_kv: usize,
+    /// Feed-forward width.
+    pub d_ff: usize,
+    /// Encoder layers.
+    pub num_layers: usize,
+    /// Decoder layers; `None` means `num_layers`.
+    pub num_decoder_layers: Option<usize>,
+    /// Attention heads.
+    pub num_heads: usize,
+    /// Relative position buckets (32).
+    pub relative_attention_num_buckets: usize,
+    /// Largest distance the buckets distinguish (128).
+    pub relative_attention_max_distance: usize,
+    /// RMS norm epsilon (1e-6).
+    pub layer_norm_epsilon: f64,
+    /// `"relu"`, `"gated-gelu"`, `"gated-silu"`, ...: see [`T5Config::feed_forward`].
+    pub feed_forward_proj: String,
+    /// As written in the file; `Some(false)` (the Flan-T5 case) means a separate `lm_head` and no
+    /// rescaling of the decoder output. See [`T5Config::scale_decoder_outputs`].
+    pub tie_word_embeddings: Option<bool>,
+    /// Padding token (0).
+    pub pad_token_id: Option<u32>,
+    /// End-of-sequence token(s) (1, `</s>`).
+    pub eos_token_id: Option<TokenIds>,
+    /// First decoder token; `None` means `pad_token_id`, which is what T5 uses (0).
+    pub decoder_start_token_id: Option<u32>,
+}
+
+impl Default for T5Config {
+    fn default() -> Self {
+        T5Config {
+            vocab_size: 32128,
+            d_model: 512,
+            d_kv: 64,
+            d_ff: 2048,
+            num_layers: 6,
+            num_decoder_layers: None,
+            num_heads: 8,
+            relative_attention_num_buckets: 32,
+            relative_attention_max_distance: 128,
+            layer_norm_epsilon: 1e-6,
+            feed_forward_proj: "relu".to_owned(),
+            tie_word_embeddings: None,
+            pad_token_id: Some(0),
+            eos_token_id: Some(TokenIds::One(1)),
+            decoder_start_token_id: None,
+        }
+    }
+}
+
+/// T5's feed-forward block, as derived from `feed_forward_proj`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct T5FeedForward {
+    /// `wo(act(wi_0 x) * wi_1 x)` when true, `wo(act(wi x))` otherwise.
+    pub gated: bool,
+    /// The activation.
+    pub activation: Activation,
+}
+
+impl T5Config {
+    /// Decoder layers (`num_decoder_layers`, or `num_layers` when unset).
+    pub fn decoder_layers(&self) -> usize {
+        self.num_decoder_layers.unwrap_or(self.num_layers)
+    }
+
+    /// Inner width of attention (`num_heads * d_kv`, which need not equal `d_model`).
+    pub fn inner_dim(&self) -> usize {
+        self.num_heads * self.d_kv
+    }
+
+    /// The feed-forward block as transformers' `T5Config.__post_init__` derives it:
+    /// `"gated-X"` is gated with activation X, `"X"` is not gated; and `"gated-gelu"` means
+    /// `gelu_new` (the tanh approximation), a backwards-compatibility rule of transformers. The real
+    /// BLIP-2 Flan-T5 configs say `dense_act_fn: "gelu"`, which transformers ignores too.
+    pub fn feed_forward(&self) -> Result<T5FeedForward> {
+        let parts: Vec<&str> = self.feed_forward_proj.split('-').collect();
+        let bad = || {
+            Error::invalid_config(
+                "text_config.feed_forward_proj",
+                format!("{:?} is not `ACT` or `gated-ACT`", self.feed_forward_proj),
+            )
+        };
+        let (gated, name) = match parts.as_slice() {
+            [act] => (false, *act),
+            ["gated", act] => (true, *act),
+            _ => return Err(bad()),
+        };
+        let activation = if self.feed_forward_proj == "gated-gelu" {
+            Activation::GeluNew
+        } else {
+            Activation::from_name(name).ok_or_else(|| {
+                Error::invalid_config(
+                    "text_config.feed_forward_proj",
+                    format!("unknown activation {name:?}"),
+                )
+            })?
+        };
+        Ok(T5FeedForward { gated, activation })
+    }
+
+    /// Whether the decoder output is multiplied by `d_model^-0.5` before a tied `lm_head`.
+    /// transformers: true unless the file says `tie_word_embeddings: false` (T5 v1.1, Flan-T5).
+    pub fn scale_decoder_outputs(&self) -> bool {
+        self.tie_word_embeddings != Some(false)
+    }
+
+    /// The first decoder token (`decoder_start_token_id`, else `pad_token_id`, else 0).
+    pub fn decoder_start(&self) -> u32 {
+        self.decoder_start_token_id
+            .or(self.pad_token_id)
+            .unwrap_or(0)
+    }
+
+    /// The end-of-sequence ids, possibly several.
+    pub fn eos_token_ids(&self) -> Vec<u32> {
+        self.eos_token_id
+            .as_ref()
+            .map(TokenIds::to_vec)
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        let f = |name: &str| format!("text_config.{name}");
+        check_positive(&f("vocab_size"), self.vocab_size)?;
+        check_positive(&f("d_model"), self.d_model)?;
+        check_positive(&f("d_kv"), self.d_kv)?;
+        check_positive(&f("d_ff"), self.d_ff)?;
+        check_positive(&f("num_layers"), self.num_layers)?;
+        check_positive(&f("num_decoder_layers"), self.decoder_layers())?;
+        check_positive(&f("num_heads"), self.num_heads)?;
+        check_positive(
+            &f("relative_attention_num_buckets"),
+            self.relative_attention_num_buckets,
+        )?;
+        self.feed_forward().map(|_| ())
+    }
+}

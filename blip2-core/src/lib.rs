@@ -1,0 +1,13 @@
+//! Shared foundations of the `blip2` crates: checkpoint configs with transformers' defaults, the
+//! workspace's [`enum@Error`], image preprocessing with `BlipImageProcessor`'s exact semantics, and the
+//! [`WeightSource`] trait through which model crates read weights by their HF names.
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod error;
+pub mod image;
+pub mod weights;
+
+pub use config::Blip2Config;
+pub use error::{Error, Result};
+pub use weights::{WeightDType, WeightSource, Weights};

@@ -1,0 +1,134 @@
+//! How model crates read their weights: by HF key name, through [`WeightSource`].
+//!
+//! The model crates never open files. They ask a [`Weights`] view for a tensor by the name it has in
+//! transformers' state dict (`vision_model.encoder.layers.0.self_attn.qkv.weight`) and the shape
+//! their configuration implies; the source checks the shape and converts the stored dtype once.
+
+use burn::tensor::TensorData;
+
+use crate::error::{Error, Result};
+
+/// The float dtype weights are converted to when they are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum WeightDType {
+    /// 32-bit float: the exact, parity-tested mode, supported by every backend.
+    #[default]
+    F32,
+    /// IEEE half precision.
+    F16,
+    /// bfloat16.
+    BF16,
+}
+
+impl WeightDType {
+    /// burn's name for this dtype.
+    pub fn to_burn(self) -> burn::tensor::DType {
+        match self {
+            WeightDType::F32 => burn::tensor::DType::F32,
+            WeightDType::F16 => burn::tensor::DType::F16,
+            WeightDType::BF16 => burn::tensor::DType::BF16,
+        }
+    }
+}
+
+/// A checkpoint's tensors, by HF key name.
+///
+/// Implemented by `blip2-hub` over (sharded) safetensors files; tests may implement it over a map.
+/// Implementations must be cheap to query: `shape` and `contains` read only the header.
+pub trait WeightSource: Send + Sync {
+    /// The stored shape of `key`, or `None` when the checkpoint lacks it.
+    fn shape(&self, key: &str) -> Option<Vec<usize>>;
+
+    /// Reads `key`, checks that its shape is `expected` and converts it to `dtype`.
+    ///
+    /// Errors: [`Error::MissingTensor`], [`Error::ShapeMismatch`], [`Error::UnsupportedDType`].
+    fn read(&self, key: &str, expected: &[usize], dtype: WeightDType) -> Result<TensorData>;
+
+    /// Whether the checkpoint holds `key`.
+    fn contains(&self, key: &str) -> bool {
+        self.shape(key).is_some()
+    }
+
+    /// Every key the checkpoint holds, sorted.
+    fn keys(&self) -> Vec<String>;
+
+    /// Where the weights come from, for error messages (a folder or file).
+    fn location(&self) -> String;
+}
+
+/// A view of a [`WeightSource`] under a key prefix, converting to one dtype.
+///
+/// Mirrors transformers' module tree: `weights.pp("vision_model").pp("embeddings")` reads keys
+/// `vision_model.embeddings.*`.
+#[derive(Clone)]
+pub struct Weights<'a> {
+    source: &'a dyn WeightSource,
+    prefix: String,
+    dtype: WeightDType,
+}
+
+impl<'a> Weights<'a> {
+    /// A view of the whole checkpoint, converting every tensor to `dtype`.
+    pub fn new(source: &'a dyn WeightSource, dtype: WeightDType) -> Self {
+        Weights {
+            source,
+            prefix: String::new(),
+            dtype,
+        }
+    }
+
+    /// The dtype tensors are converted to.
+    pub fn dtype(&self) -> WeightDType {
+        self.dtype
+    }
+
+    /// The full key of `name` under this view's prefix.
+    pub fn key(&self, name: &str) -> String {
+        join(&self.prefix, name)
+    }
+
+    /// A view one level down: `pp("layers").pp(0)` reads `layers.0.*`.
+    pub fn pp(&self, name: impl std::fmt::Display) -> Weights<'a> {
+        Weights {
+            source: self.source,
+            prefix: join(&self.prefix, &name.to_string()),
+            dtype: self.dtype,
+        }
+    }
+
+    /// Reads `name` (relative to this view) with the expected shape.
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<TensorData> {
+        self.source.read(&self.key(name), shape, self.dtype)
+    }
+
+    /// Reads `name` if the checkpoint has it, `None` otherwise (a wrong shape is still an error).
+    pub fn get_optional(&self, name: &str, shape: &[usize]) -> Result<Option<TensorData>> {
+        let key = self.key(name);
+        if self.source.contains(&key) {
+            self.source.read(&key, shape, self.dtype).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Whether the checkpoint holds `name` under this view.
+    pub fn contains(&self, name: &str) -> bool {
+        self.source.contains(&self.key(name))
+    }
+
+    /// The error for a tensor under this view that is required but absent.
+    pub fn missing(&self, name: &str) -> Error {
+        Error::MissingTensor {
+            key: self.key(name),
+            location: self.source.location(),
+        }
+    }
+}
+
+fn join(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{prefix}.{name}")
+    }
+}
