@@ -86,11 +86,11 @@ pub fn resolve_local(model: &str, revision: Option<&str>) -> Result<PathBuf> {
         searched,
         hint: if is_hub_id(model) {
             format!(
-                "download it first, e.g. `huggingface-cli download {model}`, or build blip2 with the \
-                 `download` feature"
+                "Download it first (this crate never touches the network), e.g. \
+                 `huggingface-cli download {model}`, or pass a local folder"
             )
         } else {
-            "pass a folder with config.json and the weights, or a hub id such as \
+            "Pass a folder with config.json and the weights, or a hub id such as \
              Salesforce/blip2-opt-2.7b"
                 .to_owned()
         },

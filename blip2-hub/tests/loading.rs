@@ -47,7 +47,7 @@ fn goldens(dir: &Path) -> Goldens {
 }
 
 fn to_f32(data: &TensorData) -> Vec<f32> {
-    data.clone().convert::<f32>().try_to_vec::<f32>().unwrap()
+    data.clone().try_into_vec_as::<f32>().unwrap()
 }
 
 /// Every probed tensor, read as f32 and in its stored dtype, equals what torch read from the
