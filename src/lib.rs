@@ -27,11 +27,16 @@
 #![warn(missing_docs)]
 
 mod checkpoint;
+mod encoder;
 
 pub use blip2_core::config;
-pub use blip2_core::{Error, Result, WeightDType, WeightSource, Weights};
+pub use blip2_core::{
+    Blip2Config, Error, RandomWeights, Result, WeightDType, WeightSource, Weights,
+};
 pub use blip2_hub::{ModelDir, SafetensorsWeights, Tokenizer};
+pub use burn::tensor::{Device, Tensor};
 pub use checkpoint::{Checkpoint, CheckpointSummary};
+pub use encoder::{ImageEmbeddings, ImageEncoder};
 pub use image;
 
 /// Image decoding and `BlipImageProcessor` preprocessing.

@@ -6,8 +6,9 @@
 pub mod config;
 pub mod error;
 pub mod image;
+pub mod nn;
 pub mod weights;
 
 pub use config::Blip2Config;
 pub use error::{Error, Result};
-pub use weights::{WeightDType, WeightSource, Weights};
+pub use weights::{RandomWeights, WeightDType, WeightSource, Weights};

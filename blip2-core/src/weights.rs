@@ -132,3 +132,55 @@ fn join(prefix: &str, name: &str) -> String {
         format!("{prefix}.{name}")
     }
 }
+
+/// A weight source that invents every tensor it is asked for: deterministic pseudo-random values
+/// (uniform in `[-scale, scale]`, seeded by the key name), any shape.
+///
+/// For building a model at its real size without files (shape checks, benchmarks). Every key
+/// "exists", so optional tensors (such as a fused `qkv.bias`) are always present.
+#[derive(Debug, Clone)]
+pub struct RandomWeights {
+    scale: f32,
+}
+
+impl RandomWeights {
+    /// Values uniform in `[-scale, scale]`.
+    pub fn new(scale: f32) -> Self {
+        RandomWeights { scale }
+    }
+}
+
+impl WeightSource for RandomWeights {
+    fn shape(&self, _key: &str) -> Option<Vec<usize>> {
+        None
+    }
+
+    fn contains(&self, _key: &str) -> bool {
+        true
+    }
+
+    fn read(&self, key: &str, expected: &[usize], dtype: WeightDType) -> Result<TensorData> {
+        // FNV-1a of the key seeds a xorshift generator.
+        let mut state = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+        }) | 1;
+        let n: usize = expected.iter().product();
+        let values: Vec<f32> = (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                ((state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * self.scale
+            })
+            .collect();
+        Ok(TensorData::new(values, expected.to_vec()).convert_dtype(dtype.to_burn()))
+    }
+
+    fn keys(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    fn location(&self) -> String {
+        "random weights".to_owned()
+    }
+}

@@ -1,3 +1,15 @@
-//! The BLIP-2 Q-Former (transformers' `Blip2QFormerModel`) and its retrieval heads, on burn.
+//! The BLIP-2 Q-Former (transformers' `Blip2QFormerModel`) on burn: learned queries that read the
+//! image through cross-attention.
 //!
-//! Not implemented yet: this crate is a placeholder in the workspace layout.
+//! Modules follow transformers' names: [`attention`] (`Blip2QFormerMultiHeadAttention`,
+//! `Blip2QFormerSelfOutput`, `Blip2QFormerAttention`), [`layer`] (`Blip2QFormerLayer` with the
+//! query and text feed-forward blocks), [`model`] (`Blip2QFormerModel`, with `query_tokens`).
+//! The language projection lives in the `blip2` facade, which wires vision → Q-Former →
+//! projection.
+#![warn(missing_docs)]
+
+pub mod attention;
+pub mod layer;
+pub mod model;
+
+pub use model::Blip2QFormerModel;

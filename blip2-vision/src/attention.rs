@@ -1,8 +1,11 @@
 //! `Blip2Attention`: EVA-CLIP's multi-head self-attention with one fused `qkv` projection.
 
+use blip2_core::config::VisionConfig;
 use blip2_core::error::{Error, Result};
-use blip2_core::Weights;
-use burn::tensor::TensorData;
+use blip2_core::{nn, Weights};
+use burn::module::{Module, Param};
+use burn::nn::Linear;
+use burn::tensor::{s, Device, Tensor, TensorData};
 
 /// Reads the fused `qkv` bias `[3 * hidden]` of one attention block, whichever way the
 /// checkpoint stores it:
@@ -37,4 +40,49 @@ pub fn read_qkv_bias(attn: &Weights, hidden: usize) -> Result<Option<TensorData>
 
 fn data_err(e: burn::tensor::DataError) -> Error {
     Error::InvalidInput(format!("unexpected tensor data: {e:?}"))
+}
+
+/// `Blip2Attention`: one fused `qkv` projection (`[3 * hidden, hidden]`, bias `[q, 0, v]`),
+/// softmax attention scaled by `head_dim^-0.5`, output `projection`.
+#[derive(Module, Debug)]
+pub struct Blip2Attention {
+    qkv: Linear,
+    projection: Linear,
+    num_heads: usize,
+}
+
+impl Blip2Attention {
+    /// Loads the block under `w` (`...self_attn`).
+    pub fn load(w: &Weights, config: &VisionConfig, device: &Device) -> Result<Self> {
+        let hidden = config.hidden_size;
+        let mut qkv = nn::linear(&w.pp("qkv"), hidden, 3 * hidden, false, device)?;
+        if config.qkv_bias {
+            let bias = read_qkv_bias(w, hidden)?.ok_or_else(|| w.missing("qkv.bias"))?;
+            qkv.bias = Some(Param::from_tensor(nn::tensor(bias, device)));
+        }
+        Ok(Blip2Attention {
+            qkv,
+            projection: nn::linear(&w.pp("projection"), hidden, hidden, true, device)?,
+            num_heads: config.num_attention_heads,
+        })
+    }
+
+    /// `[batch, seq, hidden]` → `[batch, seq, hidden]`.
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let [batch, seq, hidden] = x.dims();
+        let head_dim = hidden / self.num_heads;
+        // [batch, seq, 3, heads, head_dim] -> [3, batch, heads, seq, head_dim]
+        let qkv = self
+            .qkv
+            .forward(x)
+            .reshape([batch, seq, 3, self.num_heads, head_dim])
+            .permute([2, 0, 3, 1, 4]);
+        let part = |i: usize| {
+            qkv.clone()
+                .slice(s![i..i + 1])
+                .reshape([batch, self.num_heads, seq, head_dim])
+        };
+        let out = nn::scaled_attention(part(0), part(1), part(2), None);
+        self.projection.forward(nn::merge_heads(out))
+    }
 }

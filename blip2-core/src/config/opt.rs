@@ -91,7 +91,8 @@ impl OptConfig {
             .unwrap_or_default()
     }
 
-    pub(crate) fn validate(&self) -> Result<()> {
+    /// Checks the sizes and relations the model code relies on.
+    pub fn validate(&self) -> Result<()> {
         let f = |name: &str| format!("text_config.{name}");
         check_positive(&f("vocab_size"), self.vocab_size)?;
         check_positive(&f("hidden_size"), self.hidden_size)?;

@@ -139,7 +139,8 @@ impl T5Config {
             .unwrap_or_default()
     }
 
-    pub(crate) fn validate(&self) -> Result<()> {
+    /// Checks the sizes and relations the model code relies on.
+    pub fn validate(&self) -> Result<()> {
         let f = |name: &str| format!("text_config.{name}");
         check_positive(&f("vocab_size"), self.vocab_size)?;
         check_positive(&f("d_model"), self.d_model)?;

@@ -78,7 +78,8 @@ impl VisionConfig {
         self.hidden_size / self.num_attention_heads
     }
 
-    pub(crate) fn validate(&self) -> Result<()> {
+    /// Checks the sizes and relations the model code relies on.
+    pub fn validate(&self) -> Result<()> {
         let f = |name: &str| format!("vision_config.{name}");
         check_positive(&f("hidden_size"), self.hidden_size)?;
         check_positive(&f("intermediate_size"), self.intermediate_size)?;

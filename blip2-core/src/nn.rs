@@ -1,0 +1,103 @@
+//! Small building blocks shared by the model crates: modules loaded from a [`Weights`] view by
+//! their transformers names, activations, and multi-head attention.
+
+use burn::module::Param;
+use burn::nn::{LayerNorm, LayerNormConfig, Linear};
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{activation, Bool, Device, Tensor, TensorData};
+
+use crate::config::Activation;
+use crate::error::Result;
+use crate::weights::Weights;
+
+/// A tensor from weight data, on `device`.
+pub fn tensor<const D: usize>(data: TensorData, device: &Device) -> Tensor<D> {
+    Tensor::from_data(data, device)
+}
+
+/// Reads `name` with `shape` as a parameter tensor.
+pub fn param<const D: usize>(
+    w: &Weights,
+    name: &str,
+    shape: [usize; D],
+    device: &Device,
+) -> Result<Param<Tensor<D>>> {
+    Ok(Param::from_tensor(tensor(w.get(name, &shape)?, device)))
+}
+
+/// `nn.Linear(d_in, d_out, bias)` stored under `w` as `weight` (`[d_out, d_in]`, PyTorch's layout)
+/// and `bias`.
+///
+/// The weight is kept in PyTorch's `[out, in]` layout and used through a transposed view, so
+/// loading does not copy or transpose it (burn's `LinearLayout::Col`).
+pub fn linear(
+    w: &Weights,
+    d_in: usize,
+    d_out: usize,
+    bias: bool,
+    device: &Device,
+) -> Result<Linear> {
+    let weight: Tensor<2> = tensor(w.get("weight", &[d_out, d_in])?, device);
+    let bias = if bias {
+        Some(Param::from_tensor(tensor(w.get("bias", &[d_out])?, device)))
+    } else {
+        None
+    };
+    Ok(Linear {
+        weight: Param::from_tensor(weight.transpose()),
+        bias,
+    })
+}
+
+/// `nn.LayerNorm(dim, eps)` stored under `w` as `weight` and `bias`.
+pub fn layer_norm(w: &Weights, dim: usize, eps: f64, device: &Device) -> Result<LayerNorm> {
+    let mut norm = LayerNormConfig::new(dim).with_epsilon(eps).init(device);
+    norm.gamma = Param::from_tensor(tensor(w.get("weight", &[dim])?, device));
+    norm.beta = Some(Param::from_tensor(tensor(w.get("bias", &[dim])?, device)));
+    Ok(norm)
+}
+
+/// Applies a transformers activation.
+pub fn activate<const D: usize>(act: Activation, x: Tensor<D>) -> Tensor<D> {
+    match act {
+        Activation::Relu => activation::relu(x),
+        Activation::Gelu => activation::gelu(x),
+        Activation::GeluNew => activation::gelu_approximate(x),
+        Activation::Silu => activation::silu(x),
+        Activation::QuickGelu => x.clone() * activation::sigmoid(x * 1.702),
+    }
+}
+
+/// Splits `[batch, seq, heads * head_dim]` into `[batch, heads, seq, head_dim]`.
+pub fn split_heads(x: Tensor<3>, heads: usize) -> Tensor<4> {
+    let [batch, seq, width] = x.dims();
+    x.reshape([batch, seq, heads, width / heads])
+        .swap_dims(1, 2)
+}
+
+/// Merges `[batch, heads, seq, head_dim]` back into `[batch, seq, heads * head_dim]`.
+pub fn merge_heads(x: Tensor<4>) -> Tensor<3> {
+    let [batch, heads, seq, head_dim] = x.dims();
+    x.swap_dims(1, 2).reshape([batch, seq, heads * head_dim])
+}
+
+/// Softmax attention over `[batch, heads, seq, head_dim]` inputs with scores scaled by
+/// `head_dim^-0.5`; `mask` is true where a key must be ignored (broadcast over heads and queries
+/// when given as `[batch, 1, 1, keys]`).
+pub fn scaled_attention(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    mask: Option<Tensor<4, Bool>>,
+) -> Tensor<4> {
+    let [batch, heads, seq_q, head_dim] = q.dims();
+    let seq_k = k.dims()[2];
+    let mask = mask.map(|m| m.expand([batch, heads, seq_q, seq_k]));
+    let options = AttentionModuleOptions {
+        scale: Some((head_dim as f64).powf(-0.5)),
+        softcap: None,
+        is_causal: false,
+    };
+    attention(q, k, v, mask, None, options)
+}
