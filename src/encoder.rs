@@ -69,7 +69,7 @@ impl ImageEncoder {
         let vision =
             Blip2VisionModel::load(&weights.pp("vision_model"), &config.vision_config, device)?;
         let qformer = Blip2QFormerModel::load(
-            &weights,
+            weights,
             &config.qformer_config,
             config.num_query_tokens,
             device,

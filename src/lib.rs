@@ -7,20 +7,21 @@
 //!
 //! # Status
 //!
-//! This release reads the real `Salesforce/blip2-*` checkpoints (configs with transformers'
-//! defaults, single or sharded safetensors in f32/f16/bf16, tokenizers) and preprocesses images
-//! exactly as transformers' `BlipImageProcessor` does. The models themselves (vision encoder,
-//! Q-Former, OPT/T5 generation) are the next milestones; see the repository's issues.
+//! OPT checkpoints caption and answer questions with transformers' generation semantics (greedy,
+//! beam search, sampling, penalties, batches), at parity with transformers on tiny reference
+//! models. Flan-T5, retrieval (ITM/ITC), f16/bf16 and GPU backends are still to come.
 //!
 //! ```no_run
-//! use blip2::Checkpoint;
+//! use blip2::{Blip2, GenerationConfig};
 //!
 //! # fn main() -> blip2::Result<()> {
-//! let checkpoint = Checkpoint::open("Salesforce/blip2-opt-2.7b", None)?;
-//! println!("{}", checkpoint.summary());
+//! let model = Blip2::from_pretrained("Salesforce/blip2-opt-2.7b")?;
 //! let image = blip2::preprocess::load_image("photo.jpg", Default::default())?;
-//! let pixels = checkpoint.image_processor().preprocess(&image)?;
-//! assert_eq!(pixels.shape(), [1, 3, 224, 224]);
+//! println!("{}", model.caption(&image)?);
+//! println!("{}", model.ask(&image, "what is the man holding?")?);
+//! let beams = GenerationConfig { num_beams: 3, ..model.generation_config().clone() };
+//! let out = model.generate(&[image], &["a photo of"], &beams)?;
+//! println!("{}", out[0][0].text);
 //! # Ok(())
 //! # }
 //! ```
@@ -28,15 +29,25 @@
 
 mod checkpoint;
 mod encoder;
+mod model;
 
 pub use blip2_core::config;
+pub use blip2_core::config::EarlyStopping;
 pub use blip2_core::{
     Blip2Config, Error, RandomWeights, Result, WeightDType, WeightSource, Weights,
 };
 pub use blip2_hub::{ModelDir, SafetensorsWeights, Tokenizer};
+pub use blip2_lm::{GenerationConfig, StopReason};
 pub use burn::tensor::{Device, Tensor};
 pub use checkpoint::{Checkpoint, CheckpointSummary};
 pub use encoder::{ImageEmbeddings, ImageEncoder};
+pub use model::{Blip2, Blip2Builder, Generation, TextModel, DEFAULT_QUESTION_TEMPLATE};
+
+/// Lower-level generation pieces: the language-model trait, prompts, sequences.
+pub mod lm {
+    pub use blip2_lm::generation::{Prompt, DEFAULT_MAX_NEW_TOKENS};
+    pub use blip2_lm::{generate, GeneratedSequence, LanguageModel, OptForCausalLM};
+}
 pub use image;
 
 /// Image decoding and `BlipImageProcessor` preprocessing.

@@ -1,4 +1,46 @@
-//! OPT and T5 language models behind one `LanguageModel` trait, with KV cache and generation, on
-//! burn.
-//!
-//! Not implemented yet: this crate is a placeholder in the workspace layout.
+//! The language models of BLIP-2 on burn, behind one [`LanguageModel`] trait: OPT
+//! ([`opt::OptForCausalLM`]), with a preallocated [`cache::KvCache`], and the generation
+//! strategies of transformers ([`generation`]).
+#![warn(missing_docs)]
+
+pub mod cache;
+pub mod generation;
+pub mod opt;
+
+use blip2_core::Result;
+use burn::tensor::Tensor;
+
+pub use generation::{generate, GeneratedSequence, GenerationConfig, StopReason};
+pub use opt::OptForCausalLM;
+
+/// What generation needs from a language model: embed tokens, run the prompt once (prefill), then
+/// one step per token, and reorder its cached state for beam search.
+pub trait LanguageModel: Send + Sync {
+    /// Everything kept between steps (KV caches, masks, positions) for a batch of rows.
+    type State;
+
+    /// Vocabulary size (logit width).
+    fn vocab_size(&self) -> usize;
+
+    /// Longest sequence the model can position, if bounded.
+    fn max_positions(&self) -> Option<usize>;
+
+    /// Token embeddings of equal-length rows of ids, `[rows, len, embed_dim]`.
+    fn embed_tokens(&self, ids: &[Vec<u32>]) -> Result<Tensor<3>>;
+
+    /// Runs the prompt `embeds` (`[rows, len, embed_dim]`; `attention_mask[row][pos]` false for
+    /// padding) with room for `capacity` positions in all; returns the state and the logits of the
+    /// last position, `[rows, vocab]`.
+    fn prefill(
+        &self,
+        embeds: Tensor<3>,
+        attention_mask: &[Vec<bool>],
+        capacity: usize,
+    ) -> Result<(Self::State, Tensor<2>)>;
+
+    /// Feeds one token per row; returns the next logits, `[rows, vocab]`.
+    fn step(&self, state: &mut Self::State, tokens: &[u32]) -> Result<Tensor<2>>;
+
+    /// Keeps rows `rows` of the state, in that order (repeats allowed).
+    fn reorder(&self, state: &mut Self::State, rows: &[usize]);
+}

@@ -495,10 +495,89 @@ def main():
     images = make_images(out / "images")
     make_preprocess_goldens(images, out / "preprocess")
     make_opt(images, out / "tiny-opt")
+    make_generation_goldens(images, out / "tiny-opt")
     make_t5(images, out / "tiny-t5")
     make_itm(images, out / "tiny-itm")
     total = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"wrote {out} ({total / 1024:.0f} KiB)")
+
+
+
+# ----------------------------------------------------------------------------------------------
+# generation goldens (OPT)
+# ----------------------------------------------------------------------------------------------
+
+QUESTION = "Question: what is in the picture? Answer:"
+
+GENERATION_CASES = [
+    # name, images, prompts (None = captioning), generate() kwargs. The tiny model's "\n" (the
+    # configured EOS) is rare, so some cases name a frequent token as eos_token_id to exercise
+    # stopping, finished beams and padding of finished rows.
+    ("caption_greedy", ["rgb_96x64"], None, dict(max_new_tokens=12)),
+    ("caption_eos", ["rgb_96x64"], None, dict(max_new_tokens=12, eos_token_id=12)),
+    ("caption_eos_min_new_tokens", ["rgb_96x64"], None, dict(max_new_tokens=12, eos_token_id=12, min_new_tokens=8)),
+    ("vqa_greedy", ["rgb_96x64"], [QUESTION], dict(max_new_tokens=10)),
+    ("batch_padded", ["rgb_96x64", "rgba_64x64"], ["a photo of", QUESTION], dict(max_new_tokens=8)),
+    ("batch_padded_eos", ["rgb_96x64", "rgba_64x64"], ["a photo of", QUESTION],
+     dict(max_new_tokens=8, eos_token_id=144)),
+    ("beam3", ["rgb_300x120"], None, dict(max_new_tokens=10, num_beams=3)),
+    ("beam3_eos", ["rgb_300x120"], None, dict(max_new_tokens=10, num_beams=3, eos_token_id=148)),
+    ("beam3_two_returned", ["rgb_96x64"], ["a photo of"], dict(max_new_tokens=8, num_beams=3, num_return_sequences=2)),
+    ("penalties", ["rgb_96x64"], None,
+     dict(max_new_tokens=14, repetition_penalty=1.5, no_repeat_ngram_size=2, min_new_tokens=6, eos_token_id=12)),
+    ("beam3_length_penalty", ["grey_70x50"], [QUESTION],
+     dict(max_new_tokens=9, num_beams=3, length_penalty=2.0, early_stopping=True, eos_token_id=10)),
+    ("beam4_length_penalty_negative", ["rgb_20x28"], None,
+     dict(max_new_tokens=9, num_beams=4, length_penalty=-1.0, eos_token_id=176)),
+]
+
+
+def make_generation_goldens(images, out: Path):
+    """generate() with the tiny OPT: the processor's inputs, the first-step logits and the new
+    token ids of every returned sequence, for greedy, batched, beam and penalised decoding."""
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(str(out))
+    processor.tokenizer.padding_side = "left"
+    model = Blip2ForConditionalGeneration.from_pretrained(str(out), dtype=torch.float32).eval()
+    cases, tensors = [], {}
+    min_gap = float("inf")
+    for name, image_names, prompts, kwargs in GENERATION_CASES:
+        imgs = [images[n] for n in image_names]
+        if prompts is None:
+            inputs = processor(images=imgs, return_tensors="pt")
+        else:
+            inputs = processor(images=imgs, text=prompts, return_tensors="pt", padding=True)
+        with torch.no_grad():
+            out_ids = model.generate(**inputs, do_sample=False, **kwargs)
+            if "input_ids" in inputs:
+                logits = model(**inputs).logits[:, -1, :]
+                tensors[f"{name}.first_logits"] = logits
+                top2 = logits.topk(2, dim=-1).values
+                min_gap = min(min_gap, float((top2[:, 0] - top2[:, 1]).min()))
+        # transformers returns the whole input row then the new tokens for decoder-only models.
+        prompt_len = inputs["input_ids"].shape[1] if "input_ids" in inputs else NUM_QUERY_TOKENS + 1
+        new_tokens = [row[prompt_len:].tolist() for row in out_ids]
+        # Strip trailing pad tokens of finished sequences in a batch (pad_token_id = 1).
+        for seq in new_tokens:
+            while seq and seq[-1] == 1:
+                seq.pop()
+        cases.append({
+            "name": name,
+            "images": [f"images/{n}.png" for n in image_names],
+            "prompts": prompts,
+            "generate_kwargs": kwargs,
+            "input_ids": inputs["input_ids"].tolist() if "input_ids" in inputs else None,
+            "attention_mask": inputs["attention_mask"].tolist() if "attention_mask" in inputs else None,
+            "new_tokens": new_tokens,
+            "texts": processor.batch_decode(out_ids[:, prompt_len:], skip_special_tokens=True),
+        })
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / "generation.safetensors"))
+    meta = {"cases": cases, "min_top1_top2_logit_gap_first_step": min_gap, "pad_token_id": 1}
+    (out / "generation.json").write_text(json.dumps(meta, indent=1) + "\n")
+    print(f"generation goldens: {len(cases)} cases, smallest first-step top-1/top-2 logit gap {min_gap:.3f}")
+    for c in cases:
+        print(f"  {c['name']}: {c['new_tokens']}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,380 @@
+//! OPT (transformers' `OPTForCausalLM`): a decoder-only transformer with learned positions.
+
+use blip2_core::config::{Activation, OptConfig};
+use blip2_core::error::{Error, Result};
+use blip2_core::{nn, Weights};
+use burn::module::{Module, Param};
+use burn::nn::{LayerNorm, Linear};
+use burn::tensor::{s, Bool, Device, Int, Tensor, TensorData};
+
+use crate::cache::KvCache;
+use crate::LanguageModel;
+
+/// `OPTAttention`: q (scaled by `head_dim^-0.5`), k, v and out projections with biases.
+#[derive(Module, Debug)]
+pub struct OptAttention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    out_proj: Linear,
+    num_heads: usize,
+}
+
+impl OptAttention {
+    fn load(w: &Weights, c: &OptConfig, device: &Device) -> Result<Self> {
+        let h = c.hidden_size;
+        let lin = |name: &str| nn::linear(&w.pp(name), h, h, c.enable_bias, device);
+        Ok(OptAttention {
+            q_proj: lin("q_proj")?,
+            k_proj: lin("k_proj")?,
+            v_proj: lin("v_proj")?,
+            out_proj: lin("out_proj")?,
+            num_heads: c.num_attention_heads,
+        })
+    }
+
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        mask: Tensor<4, Bool>,
+        cache: &mut KvCache,
+        layer: usize,
+    ) -> Tensor<3> {
+        let q = nn::split_heads(self.q_proj.forward(x.clone()), self.num_heads);
+        let k = nn::split_heads(self.k_proj.forward(x.clone()), self.num_heads);
+        let v = nn::split_heads(self.v_proj.forward(x), self.num_heads);
+        let (k, v) = cache.write(layer, k, v);
+        self.out_proj
+            .forward(nn::merge_heads(nn::scaled_attention(q, k, v, Some(mask))))
+    }
+}
+
+/// `OPTDecoderLayer`: attention and ReLU MLP, pre-norm (or post-norm when
+/// `do_layer_norm_before` is false).
+#[derive(Module, Debug)]
+pub struct OptDecoderLayer {
+    self_attn: OptAttention,
+    self_attn_layer_norm: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+    final_layer_norm: LayerNorm,
+    pre_norm: bool,
+    #[module(skip)]
+    activation: Activation,
+}
+
+impl OptDecoderLayer {
+    fn load(w: &Weights, c: &OptConfig, device: &Device) -> Result<Self> {
+        let (h, f, eps) = (c.hidden_size, c.ffn_dim, OptConfig::LAYER_NORM_EPS);
+        Ok(OptDecoderLayer {
+            self_attn: OptAttention::load(&w.pp("self_attn"), c, device)?,
+            self_attn_layer_norm: nn::layer_norm(&w.pp("self_attn_layer_norm"), h, eps, device)?,
+            fc1: nn::linear(&w.pp("fc1"), h, f, c.enable_bias, device)?,
+            fc2: nn::linear(&w.pp("fc2"), f, h, c.enable_bias, device)?,
+            final_layer_norm: nn::layer_norm(&w.pp("final_layer_norm"), h, eps, device)?,
+            pre_norm: c.do_layer_norm_before,
+            activation: c.activation_function,
+        })
+    }
+
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        mask: Tensor<4, Bool>,
+        cache: &mut KvCache,
+        layer: usize,
+    ) -> Tensor<3> {
+        let attn_in = if self.pre_norm {
+            self.self_attn_layer_norm.forward(x.clone())
+        } else {
+            x.clone()
+        };
+        let mut x = x + self.self_attn.forward(attn_in, mask, cache, layer);
+        if !self.pre_norm {
+            x = self.self_attn_layer_norm.forward(x);
+        }
+        let mlp_in = if self.pre_norm {
+            self.final_layer_norm.forward(x.clone())
+        } else {
+            x.clone()
+        };
+        let mlp = self
+            .fc2
+            .forward(nn::activate(self.activation, self.fc1.forward(mlp_in)));
+        let x = x + mlp;
+        if self.pre_norm {
+            x
+        } else {
+            self.final_layer_norm.forward(x)
+        }
+    }
+}
+
+/// OPT with its language-modelling head (tied to `embed_tokens` when the checkpoint has no
+/// `lm_head`).
+#[derive(Module, Debug)]
+pub struct OptForCausalLM {
+    embed_tokens: Param<Tensor<2>>,
+    embed_positions: Param<Tensor<2>>,
+    project_in: Option<Linear>,
+    project_out: Option<Linear>,
+    layers: Vec<OptDecoderLayer>,
+    final_layer_norm: Option<LayerNorm>,
+    /// `[vocab, embed_dim]`, PyTorch's layout; used transposed.
+    lm_head: Param<Tensor<2>>,
+    num_heads: usize,
+    max_positions: usize,
+}
+
+/// Decoding state of a batch of OPT rows: the KV cache, which cached positions are padding, and
+/// the next position id of each row.
+#[derive(Debug, Clone)]
+pub struct OptState {
+    cache: KvCache,
+    padding: Vec<Vec<bool>>,
+    next_position: Vec<i64>,
+}
+
+impl OptForCausalLM {
+    /// Loads `language_model.*` from `w` (the view of `language_model`).
+    pub fn load(w: &Weights, c: &OptConfig, device: &Device) -> Result<Self> {
+        c.validate()?;
+        let d = w.pp("model.decoder");
+        let (h, e, v) = (c.hidden_size, c.embed_dim(), c.vocab_size);
+        let positions = c.max_position_embeddings + OptConfig::POSITION_OFFSET;
+        let (project_in, project_out) = if e != h {
+            (
+                Some(nn::linear(&d.pp("project_in"), e, h, false, device)?),
+                Some(nn::linear(&d.pp("project_out"), h, e, false, device)?),
+            )
+        } else {
+            (None, None)
+        };
+        let final_layer_norm = if c.do_layer_norm_before && !c.remove_final_layer_norm {
+            Some(nn::layer_norm(
+                &d.pp("final_layer_norm"),
+                h,
+                OptConfig::LAYER_NORM_EPS,
+                device,
+            )?)
+        } else {
+            None
+        };
+        let layers = (0..c.num_hidden_layers)
+            .map(|i| OptDecoderLayer::load(&d.pp("layers").pp(i), c, device))
+            .collect::<Result<Vec<_>>>()?;
+        let embed_tokens = nn::param(&d, "embed_tokens.weight", [v, e], device)?;
+        let lm_head = match w.get_optional("lm_head.weight", &[v, e])? {
+            Some(data) => Param::from_tensor(nn::tensor(data, device)),
+            None => embed_tokens.clone(),
+        };
+        Ok(OptForCausalLM {
+            embed_positions: nn::param(&d, "embed_positions.weight", [positions, h], device)?,
+            embed_tokens,
+            project_in,
+            project_out,
+            layers,
+            final_layer_norm,
+            lm_head,
+            num_heads: c.num_attention_heads,
+            max_positions: c.max_position_embeddings,
+        })
+    }
+
+    fn device(&self) -> Device {
+        self.embed_tokens.val().device()
+    }
+
+    /// Runs the decoder over `embeds` (`[rows, new, embed_dim]`) at `positions` with `mask`
+    /// (`[rows, 1, new, keys]`, true = ignore), appending to the cache; returns the logits of the
+    /// last position, `[rows, vocab]`.
+    fn run(
+        &self,
+        embeds: Tensor<3>,
+        positions: Vec<i64>,
+        mask: Tensor<4, Bool>,
+        cache: &mut KvCache,
+    ) -> Tensor<2> {
+        let [rows, new, _] = embeds.dims();
+        let device = self.device();
+        let ids = Tensor::<1, Int>::from_data(
+            TensorData::new(
+                positions
+                    .iter()
+                    .map(|p| p + OptConfig::POSITION_OFFSET as i64)
+                    .collect::<Vec<_>>(),
+                [rows * new],
+            ),
+            &device,
+        );
+        let hidden = self.embed_positions.dims()[1];
+        let pos = self
+            .embed_positions
+            .val()
+            .select(0, ids)
+            .reshape([rows, new, hidden]);
+        let x = match &self.project_in {
+            Some(p) => p.forward(embeds),
+            None => embeds,
+        };
+        let mut x = x + pos;
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = layer.forward(x, mask.clone(), cache, i);
+        }
+        cache.advance(new);
+        let mut last = x.slice(s![.., new - 1..new, ..]).reshape([rows, hidden]);
+        if let Some(norm) = &self.final_layer_norm {
+            last = norm.forward(last);
+        }
+        if let Some(p) = &self.project_out {
+            last = p.forward(last);
+        }
+        last.matmul(self.lm_head.val().transpose())
+    }
+}
+
+impl LanguageModel for OptForCausalLM {
+    type State = OptState;
+
+    fn vocab_size(&self) -> usize {
+        self.embed_tokens.dims()[0]
+    }
+
+    fn max_positions(&self) -> Option<usize> {
+        Some(self.max_positions)
+    }
+
+    fn embed_tokens(&self, ids: &[Vec<u32>]) -> Result<Tensor<3>> {
+        let rows = ids.len();
+        let len = ids.first().map_or(0, Vec::len);
+        if ids.iter().any(|r| r.len() != len) {
+            return Err(Error::InvalidInput(
+                "token rows of different lengths".to_owned(),
+            ));
+        }
+        let vocab = self.vocab_size();
+        if let Some(bad) = ids.iter().flatten().find(|&&t| t as usize >= vocab) {
+            return Err(Error::InvalidInput(format!(
+                "token id {bad} is outside the vocabulary ({vocab})"
+            )));
+        }
+        let flat: Vec<i64> = ids.iter().flatten().map(|&t| t as i64).collect();
+        let index =
+            Tensor::<1, Int>::from_data(TensorData::new(flat, [rows * len]), &self.device());
+        let dim = self.embed_tokens.dims()[1];
+        Ok(self
+            .embed_tokens
+            .val()
+            .select(0, index)
+            .reshape([rows, len, dim]))
+    }
+
+    fn prefill(
+        &self,
+        embeds: Tensor<3>,
+        attention_mask: &[Vec<bool>],
+        capacity: usize,
+    ) -> Result<(OptState, Tensor<2>)> {
+        let [rows, len, _] = embeds.dims();
+        if rows == 0 || len == 0 {
+            return Err(Error::InvalidInput("an empty prompt batch".to_owned()));
+        }
+        if attention_mask.len() != rows || attention_mask.iter().any(|m| m.len() != len) {
+            return Err(Error::InvalidInput(
+                "attention mask does not match the inputs".to_owned(),
+            ));
+        }
+        if capacity < len {
+            return Err(Error::InvalidInput(format!(
+                "cache capacity {capacity} < prompt length {len}"
+            )));
+        }
+        // transformers: positions = cumsum(mask) * mask - 1, so padding takes no position.
+        let mut positions = Vec::with_capacity(rows * len);
+        let mut next_position = Vec::with_capacity(rows);
+        for row in attention_mask {
+            let mut count = 0i64;
+            for &keep in row {
+                count += keep as i64;
+                positions.push(if keep { count - 1 } else { -1 });
+            }
+            next_position.push(count);
+        }
+        let needed = next_position.iter().max().copied().unwrap_or(0) as usize + capacity - len;
+        if needed > self.max_positions {
+            return Err(Error::InvalidInput(format!(
+                "prompt and generation need {needed} positions, the model has {}",
+                self.max_positions
+            )));
+        }
+        let padding: Vec<Vec<bool>> = attention_mask
+            .iter()
+            .map(|r| r.iter().map(|k| !k).collect())
+            .collect();
+        // Causal, and padding keys ignored; every position still sees itself, so that a padding
+        // query never has all keys masked (its output is never read).
+        let mut mask = Vec::with_capacity(rows * len * len);
+        for pad in &padding {
+            for i in 0..len {
+                mask.extend((0..len).map(|j| j > i || (pad[j] && j != i)));
+            }
+        }
+        let device = self.device();
+        let mask =
+            Tensor::<4, Bool>::from_data(TensorData::new(mask, [rows, 1, len, len]), &device);
+        let head_dim = self.embed_positions.dims()[1] / self.num_heads;
+        let mut cache = KvCache::new(
+            self.layers.len(),
+            rows,
+            self.num_heads,
+            capacity,
+            head_dim,
+            &device,
+        );
+        let logits = self.run(embeds, positions, mask, &mut cache);
+        Ok((
+            OptState {
+                cache,
+                padding,
+                next_position,
+            },
+            logits,
+        ))
+    }
+
+    fn step(&self, state: &mut OptState, tokens: &[u32]) -> Result<Tensor<2>> {
+        let rows = state.padding.len();
+        if tokens.len() != rows {
+            return Err(Error::InvalidInput(format!(
+                "{} tokens for {rows} rows",
+                tokens.len()
+            )));
+        }
+        if state.cache.len() >= state.cache.capacity() {
+            return Err(Error::InvalidInput("the KV cache is full".to_owned()));
+        }
+        let embeds = self.embed_tokens(&tokens.iter().map(|&t| vec![t]).collect::<Vec<_>>())?;
+        for pad in &mut state.padding {
+            pad.push(false);
+        }
+        let keys = state.cache.len() + 1;
+        let mask: Vec<bool> = state
+            .padding
+            .iter()
+            .flat_map(|p| p.iter().copied())
+            .collect();
+        let mask =
+            Tensor::<4, Bool>::from_data(TensorData::new(mask, [rows, 1, 1, keys]), &self.device());
+        let positions = state.next_position.clone();
+        for p in &mut state.next_position {
+            *p += 1;
+        }
+        Ok(self.run(embeds, positions, mask, &mut state.cache))
+    }
+
+    fn reorder(&self, state: &mut OptState, rows: &[usize]) {
+        state.cache.select_rows(rows);
+        state.padding = rows.iter().map(|&r| state.padding[r].clone()).collect();
+        state.next_position = rows.iter().map(|&r| state.next_position[r]).collect();
+    }
+}

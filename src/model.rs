@@ -1,0 +1,397 @@
+//! `Blip2`: a loaded captioning / question-answering model.
+
+use blip2_core::config::TextConfig;
+use blip2_core::image::{ImageProcessor, PixelValues};
+use blip2_core::{Error, Result, WeightDType, Weights};
+use blip2_hub::Tokenizer;
+use blip2_lm::generation::Prompt;
+use blip2_lm::{
+    generate, GeneratedSequence, GenerationConfig, LanguageModel, OptForCausalLM, StopReason,
+};
+use burn::tensor::{Device, Tensor};
+use image::DynamicImage;
+
+use crate::{Checkpoint, ImageEmbeddings, ImageEncoder};
+
+/// The default question template of [`Blip2::ask`], as in the BLIP-2 paper and model cards.
+pub const DEFAULT_QUESTION_TEMPLATE: &str = "Question: {} Answer:";
+
+/// A loaded BLIP-2 model: image encoder, language model, tokenizer and image processor.
+///
+/// `Blip2` is `Send + Sync`: one loaded model can serve several threads.
+pub struct Blip2 {
+    encoder: ImageEncoder,
+    language_model: TextModel,
+    tokenizer: Tokenizer,
+    processor: ImageProcessor,
+    generation: GenerationConfig,
+    image_token: Option<u32>,
+    num_image_tokens: usize,
+    bos_token: Option<u32>,
+    pad_token: u32,
+    question_template: String,
+}
+
+/// The language models `Blip2` can drive.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum TextModel {
+    /// OPT (`blip2-opt-2.7b`, `blip2-opt-6.7b`).
+    Opt(OptForCausalLM),
+}
+
+/// One generated text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generation {
+    /// The decoded text (special tokens skipped, whitespace trimmed).
+    pub text: String,
+    /// The generated token ids (not the prompt), with the final EOS when it stopped on one.
+    pub token_ids: Vec<u32>,
+    /// Why generation stopped.
+    pub stop_reason: StopReason,
+}
+
+/// Options for loading a [`Blip2`].
+#[derive(Debug, Clone)]
+pub struct Blip2Builder {
+    model: String,
+    revision: Option<String>,
+    device: Option<Device>,
+    dtype: WeightDType,
+}
+
+impl Blip2Builder {
+    /// Where to find the model: a folder, or a hub id already in the HF cache.
+    pub fn new(model: impl Into<String>) -> Self {
+        Blip2Builder {
+            model: model.into(),
+            revision: None,
+            device: None,
+            dtype: WeightDType::F32,
+        }
+    }
+
+    /// Branch, tag or commit of a hub id (default `main`).
+    pub fn revision(mut self, revision: impl Into<String>) -> Self {
+        self.revision = Some(revision.into());
+        self
+    }
+
+    /// The device (and so the backend) to run on; default: burn's default device.
+    pub fn device(mut self, device: Device) -> Self {
+        self.device = Some(device);
+        self
+    }
+
+    /// The dtype weights are converted to. Only f32 is supported so far; others are an error.
+    pub fn dtype(mut self, dtype: WeightDType) -> Self {
+        self.dtype = dtype;
+        self
+    }
+
+    /// Loads the model.
+    pub fn build(self) -> Result<Blip2> {
+        if self.dtype != WeightDType::F32 {
+            return Err(Error::InvalidInput(format!(
+                "dtype {:?} is not supported yet; use F32",
+                self.dtype
+            )));
+        }
+        let device = self.device.unwrap_or_default();
+        let checkpoint = Checkpoint::open(&self.model, self.revision.as_deref())?;
+        Blip2::load(&checkpoint, &device)
+    }
+}
+
+impl Blip2 {
+    /// Loads `model` (a folder, or a hub id in the HF cache) on the default device.
+    pub fn from_pretrained(model: &str) -> Result<Self> {
+        Blip2Builder::new(model).build()
+    }
+
+    /// Options for loading `model`.
+    pub fn builder(model: impl Into<String>) -> Blip2Builder {
+        Blip2Builder::new(model)
+    }
+
+    /// Loads an opened checkpoint on `device` (weights converted to f32).
+    pub fn load(checkpoint: &Checkpoint, device: &Device) -> Result<Self> {
+        let dir = checkpoint.dir();
+        let config = dir.config();
+        if config.is_retrieval() {
+            return Err(Error::InvalidInput(
+                "this is a retrieval checkpoint (Blip2ForImageTextRetrieval); it cannot generate text"
+                    .to_owned(),
+            ));
+        }
+        let encoder = ImageEncoder::load(checkpoint, device)?;
+        let weights = Weights::new(checkpoint.weights(), WeightDType::F32);
+        let (language_model, eos, pad, bos) = match &config.text_config {
+            TextConfig::Opt(c) => (
+                TextModel::Opt(OptForCausalLM::load(
+                    &weights.pp("language_model"),
+                    c,
+                    device,
+                )?),
+                c.eos_token_ids(),
+                c.pad_token_id,
+                c.bos_token_id,
+            ),
+            TextConfig::T5(_) => {
+                return Err(Error::UnsupportedModelType {
+                    field: "text_config.model_type".to_owned(),
+                    found: "t5".to_owned(),
+                    supported: "\"opt\" (Flan-T5 generation is not implemented yet)".to_owned(),
+                })
+            }
+        };
+        let generation = GenerationConfig::from_file(dir.generation(), eos, pad);
+        let pad_token = generation
+            .pad_token_id
+            .or(generation.eos_token_id.first().copied())
+            .unwrap_or(0);
+        Ok(Blip2 {
+            encoder,
+            language_model,
+            tokenizer: dir.tokenizer()?,
+            processor: ImageProcessor::new(dir.preprocessor().clone())?,
+            generation,
+            image_token: config.image_token_index,
+            num_image_tokens: dir.num_image_tokens(),
+            bos_token: dir.generation().bos_token_id.or(bos),
+            pad_token,
+            question_template: DEFAULT_QUESTION_TEMPLATE.to_owned(),
+        })
+    }
+
+    /// The checkpoint's default generation settings (start from these to override some).
+    pub fn generation_config(&self) -> &GenerationConfig {
+        &self.generation
+    }
+
+    /// Replaces the question template of [`Blip2::ask`]; `{}` marks the question.
+    pub fn set_question_template(&mut self, template: impl Into<String>) -> Result<()> {
+        let template = template.into();
+        if !template.contains("{}") {
+            return Err(Error::InvalidInput(
+                "the question template needs a {} placeholder".to_owned(),
+            ));
+        }
+        self.question_template = template;
+        Ok(())
+    }
+
+    /// The image encoder.
+    pub fn image_encoder(&self) -> &ImageEncoder {
+        &self.encoder
+    }
+
+    /// The language model.
+    pub fn language_model(&self) -> &TextModel {
+        &self.language_model
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// The image processor.
+    pub fn image_processor(&self) -> &ImageProcessor {
+        &self.processor
+    }
+
+    /// Preprocesses and encodes images once, to generate from them many times.
+    pub fn encode_images(&self, images: &[DynamicImage]) -> Result<ImageEmbeddings> {
+        let pixels = self.processor.preprocess_batch(images)?;
+        self.encode_pixels(&pixels)
+    }
+
+    /// Encodes preprocessed images.
+    pub fn encode_pixels(&self, pixels: &PixelValues) -> Result<ImageEmbeddings> {
+        self.encoder.encode(pixels)
+    }
+
+    /// A caption for one image, with the checkpoint's generation settings.
+    pub fn caption(&self, image: &DynamicImage) -> Result<String> {
+        let out = self.generate(std::slice::from_ref(image), &[], &self.generation)?;
+        Ok(first_text(out))
+    }
+
+    /// The answer to `question` about one image (formatted with the question template,
+    /// `"Question: {} Answer:"` by default).
+    pub fn ask(&self, image: &DynamicImage, question: &str) -> Result<String> {
+        let prompt = self.question_template.replacen("{}", question, 1);
+        let out = self.generate(
+            std::slice::from_ref(image),
+            &[prompt.as_str()],
+            &self.generation,
+        )?;
+        Ok(first_text(out))
+    }
+
+    /// Generates from raw prompts: `prompts` is empty (captioning), one prompt for every image,
+    /// or one per image. Returns `config.num_return_sequences` generations per image.
+    pub fn generate(
+        &self,
+        images: &[DynamicImage],
+        prompts: &[&str],
+        config: &GenerationConfig,
+    ) -> Result<Vec<Vec<Generation>>> {
+        if images.is_empty() {
+            return Err(Error::InvalidInput("no images".to_owned()));
+        }
+        let embeddings = self.encode_images(images)?;
+        self.generate_from_embeddings(&embeddings, prompts, config)
+    }
+
+    /// Like [`Blip2::generate`], from images encoded before.
+    pub fn generate_from_embeddings(
+        &self,
+        embeddings: &ImageEmbeddings,
+        prompts: &[&str],
+        config: &GenerationConfig,
+    ) -> Result<Vec<Vec<Generation>>> {
+        self.run(embeddings, prompts, config, &mut |_| {})
+    }
+
+    /// Generates for one image and prompt (`None` to caption), calling `on_text` with each new
+    /// piece of decoded text as tokens are produced. Greedy search or sampling only.
+    pub fn generate_stream(
+        &self,
+        image: &DynamicImage,
+        prompt: Option<&str>,
+        config: &GenerationConfig,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<Generation> {
+        if config.num_beams > 1 || config.num_return_sequences > 1 {
+            return Err(Error::InvalidInput(
+                "streaming needs one sequence (num_beams = 1, num_return_sequences = 1)".to_owned(),
+            ));
+        }
+        let embeddings = self.encode_images(std::slice::from_ref(image))?;
+        let prompts: Vec<&str> = prompt.into_iter().collect();
+        let mut tokens: Vec<u32> = Vec::new();
+        let mut emitted = String::new();
+        let mut on_step = |chosen: &[Option<u32>]| {
+            if let Some(Some(t)) = chosen.first() {
+                tokens.push(*t);
+                if let Ok(text) = self.tokenizer.decode(&tokens, true) {
+                    let text = text.trim_start();
+                    if let Some(piece) = text.strip_prefix(emitted.as_str()) {
+                        if !piece.is_empty() {
+                            on_text(piece);
+                            emitted = text.to_owned();
+                        }
+                    }
+                }
+            }
+        };
+        let out = self.run(&embeddings, &prompts, config, &mut on_step)?;
+        out.into_iter()
+            .next()
+            .and_then(|v| v.into_iter().next())
+            .ok_or_else(|| Error::InvalidInput("nothing generated".to_owned()))
+    }
+
+    fn run(
+        &self,
+        embeddings: &ImageEmbeddings,
+        prompts: &[&str],
+        config: &GenerationConfig,
+        on_step: &mut dyn FnMut(&[Option<u32>]),
+    ) -> Result<Vec<Vec<Generation>>> {
+        let prompt = self.prompt(embeddings, prompts)?;
+        let TextModel::Opt(lm) = &self.language_model;
+        let sequences = generate(lm, prompt, config, on_step)?;
+        sequences
+            .into_iter()
+            .map(|seqs| seqs.into_iter().map(|s| self.decode(s)).collect())
+            .collect()
+    }
+
+    fn decode(&self, s: GeneratedSequence) -> Result<Generation> {
+        let text = self
+            .tokenizer
+            .decode(&s.tokens, true)
+            .map_err(|e| Error::InvalidInput(format!("cannot decode tokens: {e}")))?;
+        Ok(Generation {
+            text: text.trim().to_owned(),
+            token_ids: s.tokens,
+            stop_reason: s.stop_reason,
+        })
+    }
+
+    /// The language model's input for `prompts` about the encoded images, built as transformers'
+    /// `Blip2Processor` + `generate` build it for OPT: each prompt tokenized with BOS (`</s>`)
+    /// first (a caption is BOS alone), rows left-padded to the same length, then
+    /// `num_query_tokens` image tokens prepended, whose embeddings are the projected queries.
+    pub fn prompt(&self, embeddings: &ImageEmbeddings, prompts: &[&str]) -> Result<Prompt> {
+        let n = embeddings.len();
+        let projected = embeddings.projected().ok_or_else(|| {
+            Error::InvalidInput("these embeddings have no language projection".to_owned())
+        })?;
+        let texts: Vec<&str> = match prompts.len() {
+            0 => vec![""; n],
+            1 => vec![prompts[0]; n],
+            k if k == n => prompts.to_vec(),
+            k => {
+                return Err(Error::InvalidInput(format!(
+                    "{k} prompts for {n} images: give none, one, or one per image"
+                )))
+            }
+        };
+        let mut rows = Vec::with_capacity(n);
+        for text in &texts {
+            let encoding = self
+                .tokenizer
+                .encode(*text, false)
+                .map_err(|e| Error::InvalidInput(format!("cannot tokenize {text:?}: {e}")))?;
+            let mut ids: Vec<u32> = self.bos_token.into_iter().collect();
+            ids.extend_from_slice(encoding.get_ids());
+            rows.push(ids);
+        }
+        let width = rows.iter().map(Vec::len).max().unwrap_or(0);
+        let queries = projected.dims()[1];
+        let image_ids = vec![self.image_token.unwrap_or(self.pad_token); queries];
+        let mut text_ids = Vec::with_capacity(n);
+        let mut processor_ids = Vec::with_capacity(n);
+        let mut attention_mask = Vec::with_capacity(n);
+        for row in rows {
+            let pad = width - row.len();
+            let padded: Vec<u32> = std::iter::repeat_n(self.pad_token, pad)
+                .chain(row)
+                .collect();
+            let mut mask = vec![true; queries];
+            mask.extend((0..width).map(|i| i >= pad));
+            // With image tokens, the processors see them as part of the row (transformers passes
+            // input_ids to generate); without (legacy checkpoints), only the text.
+            let mut seen = if self.image_token.is_some() {
+                image_ids.clone()
+            } else {
+                Vec::new()
+            };
+            seen.extend_from_slice(&padded);
+            processor_ids.push(seen);
+            attention_mask.push(mask);
+            text_ids.push(padded);
+        }
+        debug_assert!(self.image_token.is_none() || queries == self.num_image_tokens);
+        let TextModel::Opt(lm) = &self.language_model;
+        let text_embeds = lm.embed_tokens(&text_ids)?;
+        let embeds = Tensor::cat(vec![projected.clone(), text_embeds], 1);
+        Ok(Prompt {
+            embeds,
+            attention_mask,
+            processor_ids,
+        })
+    }
+}
+
+fn first_text(out: Vec<Vec<Generation>>) -> String {
+    out.into_iter()
+        .next()
+        .and_then(|v| v.into_iter().next())
+        .map(|g| g.text)
+        .unwrap_or_default()
+}

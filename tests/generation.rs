@@ -1,0 +1,420 @@
+//! OPT generation against transformers' `generate()` on the tiny-opt fixture
+//! (`tests/fixtures/tiny-opt/generation.json` and `generation.safetensors`, written by
+//! tools/parity/make_fixtures.py): the model's input rows, the first-step logits (≤ 1e-4), and
+//! the generated token ids (exactly) for greedy, batched, beam and penalised decoding.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use blip2::lm::LanguageModel;
+use blip2::preprocess::{load_image, ImageLimits};
+use blip2::{Blip2, EarlyStopping, GenerationConfig, StopReason, TextModel};
+use safetensors::SafeTensors;
+use serde_json::Value;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn model() -> &'static Blip2 {
+    static MODEL: OnceLock<Blip2> = OnceLock::new();
+    MODEL.get_or_init(|| {
+        Blip2::from_pretrained(fixtures().join("tiny-opt").to_str().unwrap()).unwrap()
+    })
+}
+
+fn cases() -> Vec<Value> {
+    let text = std::fs::read_to_string(fixtures().join("tiny-opt/generation.json")).unwrap();
+    let meta: Value = serde_json::from_str(&text).unwrap();
+    meta["cases"].as_array().unwrap().clone()
+}
+
+fn case(name: &str) -> Value {
+    cases()
+        .into_iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no case {name}"))
+}
+
+fn config_for(kwargs: &Value) -> GenerationConfig {
+    let mut c = model().generation_config().clone();
+    let kw = kwargs.as_object().unwrap();
+    for (key, v) in kw {
+        match key.as_str() {
+            "max_new_tokens" => c.max_new_tokens = Some(v.as_u64().unwrap() as usize),
+            "min_new_tokens" => c.min_new_tokens = Some(v.as_u64().unwrap() as usize),
+            "num_beams" => c.num_beams = v.as_u64().unwrap() as usize,
+            "num_return_sequences" => c.num_return_sequences = v.as_u64().unwrap() as usize,
+            "repetition_penalty" => c.repetition_penalty = v.as_f64().unwrap() as f32,
+            "no_repeat_ngram_size" => c.no_repeat_ngram_size = v.as_u64().unwrap() as usize,
+            "length_penalty" => c.length_penalty = v.as_f64().unwrap() as f32,
+            "early_stopping" => {
+                c.early_stopping = if v.as_bool().unwrap() {
+                    EarlyStopping::Yes
+                } else {
+                    EarlyStopping::Heuristic
+                }
+            }
+            "eos_token_id" => c.eos_token_id = vec![v.as_u64().unwrap() as u32],
+            other => panic!("unhandled generate() option {other}"),
+        }
+    }
+    c
+}
+
+fn images(case: &Value) -> Vec<image::DynamicImage> {
+    case["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| load_image(fixtures().join(p.as_str().unwrap()), ImageLimits::default()).unwrap())
+        .collect()
+}
+
+fn prompts(case: &Value) -> Vec<String> {
+    case["prompts"]
+        .as_array()
+        .map(|a| a.iter().map(|p| p.as_str().unwrap().to_owned()).collect())
+        .unwrap_or_default()
+}
+
+fn run_case(name: &str) {
+    let case = case(name);
+    let model = model();
+    let imgs = images(&case);
+    let prompts = prompts(&case);
+    let prompt_refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
+    let config = config_for(&case["generate_kwargs"]);
+
+    // The input rows are the ones transformers' processor builds.
+    let embeddings = model.encode_images(&imgs).unwrap();
+    let prompt = model.prompt(&embeddings, &prompt_refs).unwrap();
+    if let Some(ids) = case["input_ids"].as_array() {
+        let expected: Vec<Vec<u32>> = ids
+            .iter()
+            .map(|r| {
+                r.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_u64().unwrap() as u32)
+                    .collect()
+            })
+            .collect();
+        assert_eq!(prompt.processor_ids, expected, "{name}: input_ids");
+        let mask: Vec<Vec<bool>> = case["attention_mask"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                r.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_u64().unwrap() == 1)
+                    .collect()
+            })
+            .collect();
+        assert_eq!(prompt.attention_mask, mask, "{name}: attention_mask");
+
+        // First-step logits.
+        let bytes = std::fs::read(fixtures().join("tiny-opt/generation.safetensors")).unwrap();
+        let goldens = SafeTensors::deserialize(&bytes).unwrap();
+        let golden = goldens.tensor(&format!("{name}.first_logits")).unwrap();
+        let theirs: Vec<f32> = golden
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        let TextModel::Opt(lm) = model.language_model() else {
+            unreachable!()
+        };
+        let len = prompt.attention_mask[0].len();
+        let (_, logits) = lm
+            .prefill(prompt.embeds.clone(), &prompt.attention_mask, len + 1)
+            .unwrap();
+        assert_eq!(logits.dims().to_vec(), golden.shape().to_vec());
+        let ours = logits.into_data().try_into_vec_as::<f32>().unwrap();
+        let diff = ours
+            .iter()
+            .zip(&theirs)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        println!("{name}: first-step logits max-abs {diff:e}");
+        assert!(diff <= 1e-4, "{name}: first-step logits max-abs {diff}");
+    }
+
+    let out = model
+        .generate_from_embeddings(&embeddings, &prompt_refs, &config)
+        .unwrap();
+    let expected: Vec<Vec<u32>> = case["new_tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as u32)
+                .collect()
+        })
+        .collect();
+    let ours: Vec<Vec<u32>> = out.iter().flatten().map(|g| g.token_ids.clone()).collect();
+    println!("{name}: {ours:?}");
+    assert_eq!(ours, expected, "{name}: generated ids");
+    let texts: Vec<String> = case["texts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap().trim().to_owned())
+        .collect();
+    let our_texts: Vec<String> = out.iter().flatten().map(|g| g.text.clone()).collect();
+    assert_eq!(our_texts, texts, "{name}: decoded text");
+    for g in out.iter().flatten() {
+        let ended_on_eos = g
+            .token_ids
+            .last()
+            .is_some_and(|t| config.eos_token_id.contains(t));
+        assert_eq!(g.stop_reason == StopReason::Eos, ended_on_eos, "{name}");
+    }
+}
+
+#[test]
+fn every_golden_case_is_covered() {
+    let names: Vec<String> = cases()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().to_owned())
+        .collect();
+    let covered = [
+        "caption_greedy",
+        "caption_eos",
+        "caption_eos_min_new_tokens",
+        "vqa_greedy",
+        "batch_padded",
+        "batch_padded_eos",
+        "beam3",
+        "beam3_eos",
+        "beam3_two_returned",
+        "penalties",
+        "beam3_length_penalty",
+        "beam4_length_penalty_negative",
+    ];
+    assert_eq!(names, covered);
+}
+
+#[test]
+fn caption_greedy() {
+    run_case("caption_greedy");
+}
+#[test]
+fn caption_eos() {
+    run_case("caption_eos");
+}
+#[test]
+fn caption_eos_min_new_tokens() {
+    run_case("caption_eos_min_new_tokens");
+}
+#[test]
+fn vqa_greedy() {
+    run_case("vqa_greedy");
+}
+#[test]
+fn batch_padded() {
+    run_case("batch_padded");
+}
+#[test]
+fn batch_padded_eos() {
+    run_case("batch_padded_eos");
+}
+#[test]
+fn beam3() {
+    run_case("beam3");
+}
+#[test]
+fn beam3_eos() {
+    run_case("beam3_eos");
+}
+#[test]
+fn beam3_two_returned() {
+    run_case("beam3_two_returned");
+}
+#[test]
+fn penalties() {
+    run_case("penalties");
+}
+#[test]
+fn beam3_length_penalty() {
+    run_case("beam3_length_penalty");
+}
+#[test]
+fn beam4_length_penalty_negative() {
+    run_case("beam4_length_penalty_negative");
+}
+
+fn photo() -> image::DynamicImage {
+    load_image(
+        fixtures().join("images/rgb_96x64.png"),
+        ImageLimits::default(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn sampling_is_seeded_and_top_k_1_is_greedy() {
+    let model = model();
+    let img = [photo()];
+    let base = GenerationConfig {
+        max_new_tokens: Some(10),
+        ..model.generation_config().clone()
+    };
+    let sampled = |seed| {
+        let c = GenerationConfig {
+            do_sample: true,
+            top_k: 0,
+            temperature: 1.5,
+            seed,
+            ..base.clone()
+        };
+        model.generate(&img, &[], &c).unwrap()[0][0]
+            .token_ids
+            .clone()
+    };
+    assert_eq!(
+        sampled(7),
+        sampled(7),
+        "the same seed must give the same sample"
+    );
+    let seeds_differ = (0..8)
+        .map(sampled)
+        .collect::<std::collections::HashSet<_>>()
+        .len()
+        > 1;
+    assert!(
+        seeds_differ,
+        "different seeds should give different samples at temperature 1.5"
+    );
+
+    let greedy = model.generate(&img, &[], &base).unwrap()[0][0]
+        .token_ids
+        .clone();
+    let top1 = GenerationConfig {
+        do_sample: true,
+        top_k: 1,
+        seed: 3,
+        ..base.clone()
+    };
+    assert_eq!(
+        model.generate(&img, &[], &top1).unwrap()[0][0].token_ids,
+        greedy
+    );
+
+    let several = GenerationConfig {
+        do_sample: true,
+        num_return_sequences: 3,
+        seed: 1,
+        ..base
+    };
+    let out = model.generate(&img, &[], &several).unwrap();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].len(), 3);
+}
+
+#[test]
+fn caption_ask_and_stream() {
+    let model = model();
+    let img = photo();
+    let caption = model.caption(&img).unwrap();
+    let greedy = case("caption_greedy");
+    // The checkpoint's defaults (30 new tokens, EOS "\n") extend the 12-token golden.
+    let golden_text = greedy["texts"][0].as_str().unwrap().trim();
+    assert!(
+        caption.starts_with(golden_text),
+        "{caption:?} vs {golden_text:?}"
+    );
+    let answer = model.ask(&img, "what is in the picture?").unwrap();
+    let vqa = case("vqa_greedy");
+    assert!(
+        answer.starts_with(vqa["texts"][0].as_str().unwrap().trim()),
+        "{answer:?}"
+    );
+
+    let config = GenerationConfig {
+        max_new_tokens: Some(12),
+        ..model.generation_config().clone()
+    };
+    let mut pieces = Vec::new();
+    let done = model
+        .generate_stream(&img, None, &config, &mut |p| pieces.push(p.to_owned()))
+        .unwrap();
+    assert!(pieces.len() > 1);
+    assert_eq!(pieces.concat().trim(), done.text);
+    assert_eq!(
+        done.token_ids,
+        greedy["new_tokens"][0]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn bad_generation_inputs_are_errors() {
+    use blip2::Error;
+    let model = model();
+    let img = photo();
+    let base = GenerationConfig {
+        max_new_tokens: Some(4),
+        ..model.generation_config().clone()
+    };
+    let err = |r: blip2::Result<Vec<Vec<blip2::Generation>>>| match r {
+        Err(e @ Error::InvalidInput(_)) => e.to_string(),
+        other => panic!("expected InvalidInput, got {other:?}"),
+    };
+    // Prompt longer than the position table (64 in the tiny model).
+    let long = "a photo of a cat ".repeat(20);
+    println!(
+        "{}",
+        err(model.generate(std::slice::from_ref(&img), &[long.as_str()], &base))
+    );
+    println!("{}", err(model.generate(&[], &[], &base)));
+    println!(
+        "{}",
+        err(model.generate(std::slice::from_ref(&img), &["a", "b"], &base))
+    );
+    for bad in [
+        GenerationConfig {
+            num_beams: 0,
+            ..base.clone()
+        },
+        GenerationConfig {
+            top_p: 1.5,
+            ..base.clone()
+        },
+        GenerationConfig {
+            top_p: 0.0,
+            ..base.clone()
+        },
+        GenerationConfig {
+            do_sample: true,
+            temperature: 0.0,
+            ..base.clone()
+        },
+        GenerationConfig {
+            num_return_sequences: 4,
+            num_beams: 2,
+            ..base.clone()
+        },
+        GenerationConfig {
+            min_new_tokens: Some(9),
+            ..base.clone()
+        },
+    ] {
+        println!("{}", err(model.generate(std::slice::from_ref(&img), &[], &bad)));
+    }
+}
+
+#[test]
+fn blip2_is_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Blip2>();
+}
