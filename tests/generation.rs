@@ -409,7 +409,10 @@ fn bad_generation_inputs_are_errors() {
             ..base.clone()
         },
     ] {
-        println!("{}", err(model.generate(std::slice::from_ref(&img), &[], &bad)));
+        println!(
+            "{}",
+            err(model.generate(std::slice::from_ref(&img), &[], &bad))
+        );
     }
 }
 
@@ -417,4 +420,40 @@ fn bad_generation_inputs_are_errors() {
 fn blip2_is_send_and_sync() {
     fn check<T: Send + Sync>() {}
     check::<Blip2>();
+}
+
+/// A checkpoint without `image_token_index` (the older hub configs): the queries are prepended
+/// to the text embeddings instead of replacing `<image>` tokens. The language model sees the same
+/// sequence, so greedy ids without penalties equal the golden ones.
+#[test]
+fn legacy_checkpoint_without_image_tokens_generates_the_same() {
+    let tmp = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(fixtures().join("tiny-opt")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), tmp.path().join(entry.file_name())).unwrap();
+    }
+    let config_path = tmp.path().join("config.json");
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    config.as_object_mut().unwrap().remove("image_token_index");
+    std::fs::write(&config_path, serde_json::to_string(&config).unwrap()).unwrap();
+    let legacy = Blip2::from_pretrained(tmp.path().to_str().unwrap()).unwrap();
+    for name in ["caption_greedy", "vqa_greedy", "batch_padded"] {
+        let case = case(name);
+        let prompts = prompts(&case);
+        let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
+        let config = GenerationConfig {
+            max_new_tokens: case["generate_kwargs"]["max_new_tokens"]
+                .as_u64()
+                .map(|n| n as usize),
+            ..legacy.generation_config().clone()
+        };
+        let out = legacy.generate(&images(&case), &refs, &config).unwrap();
+        let ours: Vec<Value> = out
+            .iter()
+            .flatten()
+            .map(|g| serde_json::json!(g.token_ids))
+            .collect();
+        assert_eq!(Value::Array(ours), case["new_tokens"], "{name}");
+    }
 }
