@@ -46,7 +46,9 @@ pub use model::{Blip2, Blip2Builder, Generation, TextModel, DEFAULT_QUESTION_TEM
 /// Lower-level generation pieces: the language-model trait, prompts, sequences.
 pub mod lm {
     pub use blip2_lm::generation::{Prompt, DEFAULT_MAX_NEW_TOKENS};
-    pub use blip2_lm::{generate, GeneratedSequence, LanguageModel, OptForCausalLM};
+    pub use blip2_lm::{
+        generate, GeneratedSequence, LanguageModel, OptForCausalLM, T5ForConditionalGeneration,
+    };
 }
 pub use image;
 

@@ -7,6 +7,7 @@ use blip2_hub::Tokenizer;
 use blip2_lm::generation::Prompt;
 use blip2_lm::{
     generate, GeneratedSequence, GenerationConfig, LanguageModel, OptForCausalLM, StopReason,
+    T5ForConditionalGeneration,
 };
 use burn::tensor::{Device, Tensor};
 use image::DynamicImage;
@@ -37,7 +38,9 @@ pub struct Blip2 {
 #[non_exhaustive]
 pub enum TextModel {
     /// OPT (`blip2-opt-2.7b`, `blip2-opt-6.7b`).
-    Opt(OptForCausalLM),
+    Opt(Box<OptForCausalLM>),
+    /// Flan-T5 (`blip2-flan-t5-xl`, `blip2-flan-t5-xxl`).
+    T5(Box<T5ForConditionalGeneration>),
 }
 
 /// One generated text.
@@ -128,22 +131,25 @@ impl Blip2 {
         let weights = Weights::new(checkpoint.weights(), WeightDType::F32);
         let (language_model, eos, pad, bos) = match &config.text_config {
             TextConfig::Opt(c) => (
-                TextModel::Opt(OptForCausalLM::load(
+                TextModel::Opt(Box::new(OptForCausalLM::load(
                     &weights.pp("language_model"),
                     c,
                     device,
-                )?),
+                )?)),
                 c.eos_token_ids(),
                 c.pad_token_id,
                 c.bos_token_id,
             ),
-            TextConfig::T5(_) => {
-                return Err(Error::UnsupportedModelType {
-                    field: "text_config.model_type".to_owned(),
-                    found: "t5".to_owned(),
-                    supported: "\"opt\" (Flan-T5 generation is not implemented yet)".to_owned(),
-                })
-            }
+            TextConfig::T5(c) => (
+                TextModel::T5(Box::new(T5ForConditionalGeneration::load(
+                    &weights.pp("language_model"),
+                    c,
+                    device,
+                )?)),
+                c.eos_token_ids(),
+                c.pad_token_id,
+                None,
+            ),
         };
         let generation = GenerationConfig::from_file(dir.generation(), eos, pad);
         let pad_token = generation
@@ -302,8 +308,10 @@ impl Blip2 {
         on_step: &mut dyn FnMut(&[Option<u32>]),
     ) -> Result<Vec<Vec<Generation>>> {
         let prompt = self.prompt(embeddings, prompts)?;
-        let TextModel::Opt(lm) = &self.language_model;
-        let sequences = generate(lm, prompt, config, on_step)?;
+        let sequences = match &self.language_model {
+            TextModel::Opt(lm) => generate(lm.as_ref(), prompt, config, on_step)?,
+            TextModel::T5(lm) => generate(lm.as_ref(), prompt, config, on_step)?,
+        };
         sequences
             .into_iter()
             .map(|seqs| seqs.into_iter().map(|s| self.decode(s)).collect())
@@ -323,9 +331,16 @@ impl Blip2 {
     }
 
     /// The language model's input for `prompts` about the encoded images, built as transformers'
-    /// `Blip2Processor` + `generate` build it for OPT: each prompt tokenized with BOS (`</s>`)
-    /// first (a caption is BOS alone), rows left-padded to the same length, then
-    /// `num_query_tokens` image tokens prepended, whose embeddings are the projected queries.
+    /// `Blip2Processor` + `generate` build it:
+    ///
+    /// - OPT: each prompt tokenized with BOS (`</s>`) first (a caption is BOS alone), rows
+    ///   left-padded; the logits processors see the whole row.
+    /// - T5: each prompt tokenized with `</s>` last (a caption is `</s>` alone), rows
+    ///   right-padded; this is the encoder input, and the processors see the decoder's ids, which
+    ///   start with `decoder_start_token_id`.
+    ///
+    /// Then `num_query_tokens` image tokens are put before each row; their embeddings are the
+    /// projected queries.
     pub fn prompt(&self, embeddings: &ImageEmbeddings, prompts: &[&str]) -> Result<Prompt> {
         let n = embeddings.len();
         let projected = embeddings.projected().ok_or_else(|| {
@@ -341,14 +356,21 @@ impl Blip2 {
                 )))
             }
         };
+        let decoder_only = matches!(self.language_model, TextModel::Opt(_));
         let mut rows = Vec::with_capacity(n);
         for text in &texts {
             let encoding = self
                 .tokenizer
                 .encode(*text, false)
                 .map_err(|e| Error::InvalidInput(format!("cannot tokenize {text:?}: {e}")))?;
-            let mut ids: Vec<u32> = self.bos_token.into_iter().collect();
+            let mut ids: Vec<u32> = Vec::new();
+            if decoder_only {
+                ids.extend(self.bos_token);
+            }
             ids.extend_from_slice(encoding.get_ids());
+            if !decoder_only {
+                ids.extend(self.generation.eos_token_id.first().copied());
+            }
             rows.push(ids);
         }
         let width = rows.iter().map(Vec::len).max().unwrap_or(0);
@@ -356,33 +378,49 @@ impl Blip2 {
         let image_ids = vec![self.image_token.unwrap_or(self.pad_token); queries];
         let mut text_ids = Vec::with_capacity(n);
         let mut processor_ids = Vec::with_capacity(n);
+        let mut input_ids = Vec::with_capacity(n);
         let mut attention_mask = Vec::with_capacity(n);
         for row in rows {
-            let pad = width - row.len();
-            let padded: Vec<u32> = std::iter::repeat_n(self.pad_token, pad)
-                .chain(row)
-                .collect();
+            let (real, pad) = (row.len(), width - row.len());
+            let pads = std::iter::repeat_n(self.pad_token, pad);
             let mut mask = vec![true; queries];
-            mask.extend((0..width).map(|i| i >= pad));
-            // With image tokens, the processors see them as part of the row (transformers passes
-            // input_ids to generate); without (legacy checkpoints), only the text.
-            let mut seen = if self.image_token.is_some() {
-                image_ids.clone()
+            let padded: Vec<u32> = if decoder_only {
+                mask.extend((0..width).map(|i| i >= pad));
+                pads.chain(row).collect()
             } else {
-                Vec::new()
+                mask.extend((0..width).map(|i| i < real));
+                row.into_iter().chain(pads).collect()
             };
-            seen.extend_from_slice(&padded);
+            // OPT's processors see the input row, image tokens included (transformers passes
+            // input_ids to generate); for legacy checkpoints without image tokens only the text.
+            // T5's processors see the decoder ids, starting with decoder_start_token_id.
+            let seen = match &self.language_model {
+                TextModel::Opt(_) => {
+                    let mut seen = if self.image_token.is_some() {
+                        image_ids.clone()
+                    } else {
+                        Vec::new()
+                    };
+                    seen.extend_from_slice(&padded);
+                    seen
+                }
+                TextModel::T5(lm) => vec![lm.decoder_start()],
+            };
             processor_ids.push(seen);
             attention_mask.push(mask);
+            input_ids.push(image_ids.iter().chain(&padded).copied().collect());
             text_ids.push(padded);
         }
         debug_assert!(self.image_token.is_none() || queries == self.num_image_tokens);
-        let TextModel::Opt(lm) = &self.language_model;
-        let text_embeds = lm.embed_tokens(&text_ids)?;
+        let text_embeds = match &self.language_model {
+            TextModel::Opt(lm) => lm.embed_tokens(&text_ids)?,
+            TextModel::T5(lm) => lm.embed_tokens(&text_ids)?,
+        };
         let embeds = Tensor::cat(vec![projected.clone(), text_embeds], 1);
         Ok(Prompt {
             embeds,
             attention_mask,
+            input_ids,
             processor_ids,
         })
     }

@@ -3,183 +3,26 @@
 //! tools/parity/make_fixtures.py): the model's input rows, the first-step logits (≤ 1e-4), and
 //! the generated token ids (exactly) for greedy, batched, beam and penalised decoding.
 
-use std::path::PathBuf;
-use std::sync::OnceLock;
+mod common;
 
-use blip2::lm::LanguageModel;
 use blip2::preprocess::{load_image, ImageLimits};
-use blip2::{Blip2, EarlyStopping, GenerationConfig, StopReason, TextModel};
-use safetensors::SafeTensors;
+use blip2::{Blip2, GenerationConfig};
+use common::{case, cases, fixtures, images, prompts};
 use serde_json::Value;
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
+const FIXTURE: &str = "tiny-opt";
 
 fn model() -> &'static Blip2 {
-    static MODEL: OnceLock<Blip2> = OnceLock::new();
-    MODEL.get_or_init(|| {
-        Blip2::from_pretrained(fixtures().join("tiny-opt").to_str().unwrap()).unwrap()
-    })
-}
-
-fn cases() -> Vec<Value> {
-    let text = std::fs::read_to_string(fixtures().join("tiny-opt/generation.json")).unwrap();
-    let meta: Value = serde_json::from_str(&text).unwrap();
-    meta["cases"].as_array().unwrap().clone()
-}
-
-fn case(name: &str) -> Value {
-    cases()
-        .into_iter()
-        .find(|c| c["name"] == name)
-        .unwrap_or_else(|| panic!("no case {name}"))
-}
-
-fn config_for(kwargs: &Value) -> GenerationConfig {
-    let mut c = model().generation_config().clone();
-    let kw = kwargs.as_object().unwrap();
-    for (key, v) in kw {
-        match key.as_str() {
-            "max_new_tokens" => c.max_new_tokens = Some(v.as_u64().unwrap() as usize),
-            "min_new_tokens" => c.min_new_tokens = Some(v.as_u64().unwrap() as usize),
-            "num_beams" => c.num_beams = v.as_u64().unwrap() as usize,
-            "num_return_sequences" => c.num_return_sequences = v.as_u64().unwrap() as usize,
-            "repetition_penalty" => c.repetition_penalty = v.as_f64().unwrap() as f32,
-            "no_repeat_ngram_size" => c.no_repeat_ngram_size = v.as_u64().unwrap() as usize,
-            "length_penalty" => c.length_penalty = v.as_f64().unwrap() as f32,
-            "early_stopping" => {
-                c.early_stopping = if v.as_bool().unwrap() {
-                    EarlyStopping::Yes
-                } else {
-                    EarlyStopping::Heuristic
-                }
-            }
-            "eos_token_id" => c.eos_token_id = vec![v.as_u64().unwrap() as u32],
-            other => panic!("unhandled generate() option {other}"),
-        }
-    }
-    c
-}
-
-fn images(case: &Value) -> Vec<image::DynamicImage> {
-    case["images"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| load_image(fixtures().join(p.as_str().unwrap()), ImageLimits::default()).unwrap())
-        .collect()
-}
-
-fn prompts(case: &Value) -> Vec<String> {
-    case["prompts"]
-        .as_array()
-        .map(|a| a.iter().map(|p| p.as_str().unwrap().to_owned()).collect())
-        .unwrap_or_default()
+    common::model(FIXTURE)
 }
 
 fn run_case(name: &str) {
-    let case = case(name);
-    let model = model();
-    let imgs = images(&case);
-    let prompts = prompts(&case);
-    let prompt_refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
-    let config = config_for(&case["generate_kwargs"]);
-
-    // The input rows are the ones transformers' processor builds.
-    let embeddings = model.encode_images(&imgs).unwrap();
-    let prompt = model.prompt(&embeddings, &prompt_refs).unwrap();
-    if let Some(ids) = case["input_ids"].as_array() {
-        let expected: Vec<Vec<u32>> = ids
-            .iter()
-            .map(|r| {
-                r.as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.as_u64().unwrap() as u32)
-                    .collect()
-            })
-            .collect();
-        assert_eq!(prompt.processor_ids, expected, "{name}: input_ids");
-        let mask: Vec<Vec<bool>> = case["attention_mask"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| {
-                r.as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.as_u64().unwrap() == 1)
-                    .collect()
-            })
-            .collect();
-        assert_eq!(prompt.attention_mask, mask, "{name}: attention_mask");
-
-        // First-step logits.
-        let bytes = std::fs::read(fixtures().join("tiny-opt/generation.safetensors")).unwrap();
-        let goldens = SafeTensors::deserialize(&bytes).unwrap();
-        let golden = goldens.tensor(&format!("{name}.first_logits")).unwrap();
-        let theirs: Vec<f32> = golden
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-            .collect();
-        let TextModel::Opt(lm) = model.language_model() else {
-            unreachable!()
-        };
-        let len = prompt.attention_mask[0].len();
-        let (_, logits) = lm
-            .prefill(prompt.embeds.clone(), &prompt.attention_mask, len + 1)
-            .unwrap();
-        assert_eq!(logits.dims().to_vec(), golden.shape().to_vec());
-        let ours = logits.into_data().try_into_vec_as::<f32>().unwrap();
-        let diff = ours
-            .iter()
-            .zip(&theirs)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
-        println!("{name}: first-step logits max-abs {diff:e}");
-        assert!(diff <= 1e-4, "{name}: first-step logits max-abs {diff}");
-    }
-
-    let out = model
-        .generate_from_embeddings(&embeddings, &prompt_refs, &config)
-        .unwrap();
-    let expected: Vec<Vec<u32>> = case["new_tokens"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            r.as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_u64().unwrap() as u32)
-                .collect()
-        })
-        .collect();
-    let ours: Vec<Vec<u32>> = out.iter().flatten().map(|g| g.token_ids.clone()).collect();
-    println!("{name}: {ours:?}");
-    assert_eq!(ours, expected, "{name}: generated ids");
-    let texts: Vec<String> = case["texts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_str().unwrap().trim().to_owned())
-        .collect();
-    let our_texts: Vec<String> = out.iter().flatten().map(|g| g.text.clone()).collect();
-    assert_eq!(our_texts, texts, "{name}: decoded text");
-    for g in out.iter().flatten() {
-        let ended_on_eos = g
-            .token_ids
-            .last()
-            .is_some_and(|t| config.eos_token_id.contains(t));
-        assert_eq!(g.stop_reason == StopReason::Eos, ended_on_eos, "{name}");
-    }
+    common::run_case(FIXTURE, name);
 }
 
 #[test]
 fn every_golden_case_is_covered() {
-    let names: Vec<String> = cases()
+    let names: Vec<String> = cases(FIXTURE)
         .iter()
         .map(|c| c["name"].as_str().unwrap().to_owned())
         .collect();
@@ -322,7 +165,7 @@ fn caption_ask_and_stream() {
     let model = model();
     let img = photo();
     let caption = model.caption(&img).unwrap();
-    let greedy = case("caption_greedy");
+    let greedy = case(FIXTURE, "caption_greedy");
     // The checkpoint's defaults (30 new tokens, EOS "\n") extend the 12-token golden.
     let golden_text = greedy["texts"][0].as_str().unwrap().trim();
     assert!(
@@ -330,7 +173,7 @@ fn caption_ask_and_stream() {
         "{caption:?} vs {golden_text:?}"
     );
     let answer = model.ask(&img, "what is in the picture?").unwrap();
-    let vqa = case("vqa_greedy");
+    let vqa = case(FIXTURE, "vqa_greedy");
     assert!(
         answer.starts_with(vqa["texts"][0].as_str().unwrap().trim()),
         "{answer:?}"
@@ -439,7 +282,7 @@ fn legacy_checkpoint_without_image_tokens_generates_the_same() {
     std::fs::write(&config_path, serde_json::to_string(&config).unwrap()).unwrap();
     let legacy = Blip2::from_pretrained(tmp.path().to_str().unwrap()).unwrap();
     for name in ["caption_greedy", "vqa_greedy", "batch_padded"] {
-        let case = case(name);
+        let case = case(FIXTURE, name);
         let prompts = prompts(&case);
         let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
         let config = GenerationConfig {

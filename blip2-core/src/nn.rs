@@ -91,13 +91,34 @@ pub fn scaled_attention(
     v: Tensor<4>,
     mask: Option<Tensor<4, Bool>>,
 ) -> Tensor<4> {
-    let [batch, heads, seq_q, head_dim] = q.dims();
+    let head_dim = q.dims()[3];
+    attend(q, k, v, mask, None, (head_dim as f64).powf(-0.5))
+}
+
+/// Softmax attention with scores `q·kᵀ · scale + bias`; `mask` (true = ignore) and `bias` are
+/// broadcast to `[batch, heads, queries, keys]`.
+pub fn attend(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    mask: Option<Tensor<4, Bool>>,
+    bias: Option<Tensor<4>>,
+    scale: f64,
+) -> Tensor<4> {
+    let [batch, heads, seq_q, _] = q.dims();
     let seq_k = k.dims()[2];
-    let mask = mask.map(|m| m.expand([batch, heads, seq_q, seq_k]));
+    let shape = [batch, heads, seq_q, seq_k];
     let options = AttentionModuleOptions {
-        scale: Some((head_dim as f64).powf(-0.5)),
+        scale: Some(scale),
         softcap: None,
         is_causal: false,
     };
-    attention(q, k, v, mask, None, options)
+    attention(
+        q,
+        k,
+        v,
+        mask.map(|m| m.expand(shape)),
+        bias.map(|b| b.expand(shape)),
+        options,
+    )
 }

@@ -101,10 +101,11 @@ fn assert_flan_t5_common(c: &Blip2Config) -> &blip2_core::config::T5Config {
     assert_eq!(t.relative_attention_num_buckets, 32);
     assert_eq!(t.relative_attention_max_distance, 128);
     assert_eq!(t.layer_norm_epsilon, 1e-6);
-    // The file says dense_act_fn "gelu"; transformers derives gelu_new from "gated-gelu".
+    // "gated-gelu" with an explicit dense_act_fn "gelu": transformers 5.24 keeps the file's
+    // dense_act_fn, so the gated block uses the exact GELU.
     let ff = t.feed_forward().unwrap();
     assert!(ff.gated);
-    assert_eq!(ff.activation, Activation::GeluNew);
+    assert_eq!(ff.activation, Activation::Gelu);
     // tie_word_embeddings: false -> separate lm_head, no d_model^-0.5 rescale.
     assert!(!t.scale_decoder_outputs());
     assert_eq!(t.decoder_start(), 0);
@@ -142,29 +143,39 @@ fn blip2_itm_vit_g() {
 
 #[test]
 fn t5_activation_rules_follow_transformers() {
-    let parse = |proj: &str| {
+    // Expected values measured with transformers 5.24 (T5Config.from_dict(...).dense_act_fn).
+    let parse = |proj: &str, act: Option<&str>| {
+        let act = act
+            .map(|a| format!(r#", "dense_act_fn": "{a}""#))
+            .unwrap_or_default();
         let json = format!(
-            r#"{{"model_type": "blip-2", "text_config": {{"model_type": "t5", "feed_forward_proj": "{proj}", "dense_act_fn": "relu"}}}}"#
+            r#"{{"model_type": "blip-2", "text_config": {{"model_type": "t5", "feed_forward_proj": "{proj}"{act}}}}}"#
         );
         match Blip2Config::from_json(&json).map(|c| c.text_config) {
-            Ok(TextConfig::T5(t)) => Ok(t.feed_forward().unwrap()),
+            Ok(TextConfig::T5(t)) => t.feed_forward(),
             Ok(other) => panic!("{other:?}"),
             Err(e) => Err(e),
         }
     };
-    let relu = parse("relu").unwrap();
-    assert!(!relu.gated);
-    assert_eq!(relu.activation, Activation::Relu);
-    let gelu = parse("gelu").unwrap();
-    assert_eq!((gelu.gated, gelu.activation), (false, Activation::Gelu));
-    let silu = parse("gated-silu").unwrap();
-    assert_eq!((silu.gated, silu.activation), (true, Activation::Silu));
+    let ff = |proj, act| parse(proj, act).map(|f| (f.gated, f.activation));
+    assert_eq!(ff("gated-gelu", None).unwrap(), (true, Activation::GeluNew));
+    assert_eq!(
+        ff("gated-gelu", Some("gelu")).unwrap(),
+        (true, Activation::Gelu)
+    );
+    assert_eq!(ff("relu", None).unwrap(), (false, Activation::Relu));
+    assert_eq!(ff("gelu", None).unwrap(), (false, Activation::Gelu));
+    assert_eq!(ff("gated-silu", None).unwrap(), (true, Activation::Silu));
+    assert_eq!(
+        ff("relu", Some("gelu_new")).unwrap(),
+        (false, Activation::GeluNew)
+    );
     assert!(matches!(
-        parse("gated-gelu-x"),
+        ff("gated-gelu-x", None),
         Err(Error::InvalidConfig { .. })
     ));
     assert!(matches!(
-        parse("gated-cube"),
+        ff("gated-cube", None),
         Err(Error::InvalidConfig { .. })
     ));
 }

@@ -198,6 +198,8 @@ pub struct Prompt {
     pub embeds: Tensor<3>,
     /// `attention_mask[row][pos]`: false for padding.
     pub attention_mask: Vec<Vec<bool>>,
+    /// The token ids the embeddings stand for (image placeholders included), for inspection.
+    pub input_ids: Vec<Vec<u32>>,
     /// The ids the logits processors see as the existing row (for OPT the whole input row: image
     /// tokens, padding, BOS, prompt; for T5 the decoder start). All rows have the same length.
     pub processor_ids: Vec<Vec<u32>>,
@@ -219,12 +221,14 @@ pub fn generate<M: LanguageModel>(
     if rows == 0 || prompt.embeds.dims()[0] != rows || prompt.attention_mask.len() != rows {
         return Err(Error::InvalidInput("prompt rows do not match".to_owned()));
     }
+    if len == 0 {
+        return Err(Error::InvalidInput("an empty prompt".to_owned()));
+    }
     let budget = config.new_token_budget(prompt.processor_ids[0].len())?;
-    let capacity = len + budget;
     if config.num_beams > 1 {
-        beam_search(model, prompt, config, budget, capacity)
+        beam_search(model, prompt, config, budget)
     } else {
-        sample_or_greedy(model, prompt, config, budget, capacity, on_step)
+        sample_or_greedy(model, prompt, config, budget, on_step)
     }
 }
 
@@ -381,13 +385,12 @@ fn sample_or_greedy<M: LanguageModel>(
     prompt: Prompt,
     config: &GenerationConfig,
     budget: usize,
-    capacity: usize,
     on_step: &mut dyn FnMut(&[Option<u32>]),
 ) -> Result<Vec<Vec<GeneratedSequence>>> {
     let inputs = prompt.processor_ids.len();
     let copies = config.num_return_sequences;
     let prompt_len = prompt.processor_ids[0].len();
-    let (mut state, logits) = model.prefill(prompt.embeds, &prompt.attention_mask, capacity)?;
+    let (mut state, logits) = model.prefill(prompt.embeds, &prompt.attention_mask, budget)?;
     // Every input row repeated num_return_sequences times, as transformers expands its inputs.
     let expand: Vec<usize> = (0..inputs)
         .flat_map(|r| std::iter::repeat_n(r, copies))
@@ -472,7 +475,6 @@ fn beam_search<M: LanguageModel>(
     prompt: Prompt,
     config: &GenerationConfig,
     budget: usize,
-    capacity: usize,
 ) -> Result<Vec<Vec<GeneratedSequence>>> {
     let nb = config.num_beams;
     let inputs = prompt.processor_ids.len();
@@ -481,7 +483,7 @@ fn beam_search<M: LanguageModel>(
     let keep = (2usize).max(1 + config.eos_token_id.len()) * nb;
     let lp = config.length_penalty as f64;
 
-    let (mut state, logits) = model.prefill(prompt.embeds, &prompt.attention_mask, capacity)?;
+    let (mut state, logits) = model.prefill(prompt.embeds, &prompt.attention_mask, budget)?;
     let expand: Vec<usize> = (0..inputs)
         .flat_map(|r| std::iter::repeat_n(r, nb))
         .collect();

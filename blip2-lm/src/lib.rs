@@ -1,17 +1,20 @@
 //! The language models of BLIP-2 on burn, behind one [`LanguageModel`] trait: OPT
-//! ([`opt::OptForCausalLM`]), with a preallocated [`cache::KvCache`], and the generation
+//! ([`opt::OptForCausalLM`]) and T5 ([`t5::T5ForConditionalGeneration`]), with a preallocated
+//! [`cache::KvCache`], and the generation
 //! strategies of transformers ([`generation`]).
 #![warn(missing_docs)]
 
 pub mod cache;
 pub mod generation;
 pub mod opt;
+pub mod t5;
 
 use blip2_core::Result;
 use burn::tensor::Tensor;
 
 pub use generation::{generate, GeneratedSequence, GenerationConfig, StopReason};
 pub use opt::OptForCausalLM;
+pub use t5::T5ForConditionalGeneration;
 
 /// What generation needs from a language model: embed tokens, run the prompt once (prefill), then
 /// one step per token, and reorder its cached state for beam search.

@@ -273,9 +273,10 @@ impl LanguageModel for OptForCausalLM {
         &self,
         embeds: Tensor<3>,
         attention_mask: &[Vec<bool>],
-        capacity: usize,
+        max_new_tokens: usize,
     ) -> Result<(OptState, Tensor<2>)> {
         let [rows, len, _] = embeds.dims();
+        let capacity = len + max_new_tokens;
         if rows == 0 || len == 0 {
             return Err(Error::InvalidInput("an empty prompt batch".to_owned()));
         }
@@ -283,11 +284,6 @@ impl LanguageModel for OptForCausalLM {
             return Err(Error::InvalidInput(
                 "attention mask does not match the inputs".to_owned(),
             ));
-        }
-        if capacity < len {
-            return Err(Error::InvalidInput(format!(
-                "cache capacity {capacity} < prompt length {len}"
-            )));
         }
         // transformers: positions = cumsum(mask) * mask - 1, so padding takes no position.
         let mut positions = Vec::with_capacity(rows * len);
@@ -300,7 +296,7 @@ impl LanguageModel for OptForCausalLM {
             }
             next_position.push(count);
         }
-        let needed = next_position.iter().max().copied().unwrap_or(0) as usize + capacity - len;
+        let needed = next_position.iter().max().copied().unwrap_or(0) as usize + max_new_tokens;
         if needed > self.max_positions {
             return Err(Error::InvalidInput(format!(
                 "prompt and generation need {needed} positions, the model has {}",

@@ -28,6 +28,13 @@ Fixtures:
                      stored (so fp16/bf16 rounding of the weights is part of the reference)
 """
 
+import os
+
+# The tokenizer trainers are parallel, and their results depend on thread scheduling; one thread
+# makes the fixtures reproducible.
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+os.environ["RAYON_NUM_THREADS"] = "1"
+
 import argparse
 import json
 import shutil
@@ -331,7 +338,7 @@ def weight_probes(out: Path):
     exactly as saved, so the Rust loader's dtype conversion can be checked against torch's."""
     tensors, dtypes = {}, {}
     for f in sorted(out.glob("*.safetensors")):
-        if f.name == "goldens.safetensors":
+        if f.name in ("goldens.safetensors", "generation.safetensors"):
             continue
         for k, t in load_file(str(f)).items():
             tensors[k] = t
@@ -443,6 +450,7 @@ def make_t5(images, out: Path):
     pv = processor(images=[images["rgb_300x120"]], return_tensors="pt")["pixel_values"]
     goldens = vision_qformer_goldens(model, pv)
     goldens["pixel_values"] = pv
+    make_t5_generation_goldens(images, out, model, processor)
     to_hub_processor_layout(out)
     split_qkv_bias(out)
     write_goldens(out, goldens, {"pixel_values_images": ["images/rgb_300x120.png"],
@@ -578,6 +586,76 @@ def make_generation_goldens(images, out: Path):
     print(f"generation goldens: {len(cases)} cases, smallest first-step top-1/top-2 logit gap {min_gap:.3f}")
     for c in cases:
         print(f"  {c['name']}: {c['new_tokens']}")
+
+
+
+# ----------------------------------------------------------------------------------------------
+# generation goldens (Flan-T5)
+# ----------------------------------------------------------------------------------------------
+
+T5_GENERATION_CASES = [
+    # transformers 5.24 crashes captioning a T5 model from images alone: pass text="" (which the
+    # tokenizer turns into "</s>", the encoder input LAVIS uses for captions too).
+    ("caption_greedy", ["rgb_96x64"], [""], dict(max_new_tokens=12)),
+    ("caption_eos_min_new_tokens", ["rgb_96x64"], [""], dict(max_new_tokens=12, eos_token_id=26, min_new_tokens=3)),
+    ("vqa_greedy", ["rgb_96x64"], [QUESTION], dict(max_new_tokens=10)),
+    ("batch_padded", ["rgb_96x64", "rgba_64x64"], ["a photo of", QUESTION], dict(max_new_tokens=8)),
+    ("batch_padded_eos", ["rgb_96x64", "rgba_64x64"], ["a photo of", QUESTION], dict(max_new_tokens=8, eos_token_id=40)),
+    ("beam3", ["rgb_300x120"], [""], dict(max_new_tokens=10, num_beams=3)),
+    ("beam3_eos", ["rgb_300x120"], [""], dict(max_new_tokens=10, num_beams=3, eos_token_id=102)),
+    ("beam3_two_returned", ["rgb_96x64"], ["a photo of"], dict(max_new_tokens=8, num_beams=3, num_return_sequences=2)),
+    ("penalties", ["rgb_96x64"], [""],
+     dict(max_new_tokens=14, repetition_penalty=1.5, no_repeat_ngram_size=2, min_new_tokens=6)),
+    ("beam3_length_penalty", ["grey_70x50"], [QUESTION],
+     dict(max_new_tokens=9, num_beams=3, length_penalty=2.0, early_stopping=True)),
+]
+
+
+def make_t5_generation_goldens(images, out: Path, model, processor):
+    """generate() with the tiny Flan-T5: encoder inputs, encoder output, first-step logits and the
+    new token ids (after the decoder start token) of every returned sequence. Takes the model as
+    reloaded from the saved files, before the vision bias is rewritten as q_bias/v_bias (a layout
+    transformers 5 no longer loads)."""
+    lm = model.language_model
+    cases, tensors = [], {}
+    min_gap = float("inf")
+    for name, image_names, prompts, kwargs in T5_GENERATION_CASES:
+        imgs = [images[n] for n in image_names]
+        inputs = processor(images=imgs, text=prompts, return_tensors="pt", padding=True)
+        with torch.no_grad():
+            out_ids = model.generate(**inputs, do_sample=False, **kwargs)
+            # The encoder input as generate() builds it: <image> embeddings replaced by the queries.
+            proj = vision_qformer_goldens(model, inputs["pixel_values"])["language_projection"]
+            embeds = lm.get_input_embeddings()(inputs["input_ids"])
+            mask = (inputs["input_ids"] == model.config.image_token_id).unsqueeze(-1)
+            embeds = embeds.masked_scatter(mask, proj)
+            enc = lm.encoder(inputs_embeds=embeds, attention_mask=inputs["attention_mask"]).last_hidden_state
+            tensors[f"{name}.encoder_last_hidden_state"] = enc
+            start = torch.full((len(imgs), 1), lm.config.decoder_start_token_id)
+            logits = model(**inputs, decoder_input_ids=start).logits[:, -1, :]
+            tensors[f"{name}.first_logits"] = logits
+            top2 = logits.topk(2, dim=-1).values
+            min_gap = min(min_gap, float((top2[:, 0] - top2[:, 1]).min()))
+        new_tokens = [row[1:].tolist() for row in out_ids]  # after decoder_start_token_id
+        for seq in new_tokens:
+            while seq and seq[-1] == 0:  # padding of finished rows (pad_token_id = 0)
+                seq.pop()
+        cases.append({
+            "name": name,
+            "images": [f"images/{n}.png" for n in image_names],
+            "prompts": prompts,
+            "generate_kwargs": kwargs,
+            "input_ids": inputs["input_ids"].tolist(),
+            "attention_mask": inputs["attention_mask"].tolist(),
+            "new_tokens": new_tokens,
+            "texts": processor.batch_decode(out_ids[:, 1:], skip_special_tokens=True),
+        })
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / "generation.safetensors"))
+    meta = {"cases": cases, "min_top1_top2_logit_gap_first_step": min_gap, "pad_token_id": 0}
+    (out / "generation.json").write_text(json.dumps(meta, indent=1) + "\n")
+    print(f"T5 generation goldens: {len(cases)} cases, smallest first-step top-1/top-2 logit gap {min_gap:.3f}")
+    for c in cases:
+        print(f"  {c['name']}: {c['new_tokens']}  input {c['input_ids'][0][-6:]} mask {c['attention_mask'][-1][-6:]}")
 
 
 if __name__ == "__main__":

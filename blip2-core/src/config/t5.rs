@@ -35,6 +35,8 @@ pub struct T5Config {
     pub layer_norm_epsilon: f64,
     /// `"relu"`, `"gated-gelu"`, `"gated-silu"`, ...: see [`T5Config::feed_forward`].
     pub feed_forward_proj: String,
+    /// The activation named in the file, if any; it overrides the one `feed_forward_proj` implies.
+    pub dense_act_fn: Option<String>,
     /// As written in the file; `Some(false)` (the Flan-T5 case) means a separate `lm_head` and no
     /// rescaling of the decoder output. See [`T5Config::scale_decoder_outputs`].
     pub tie_word_embeddings: Option<bool>,
@@ -60,6 +62,7 @@ impl Default for T5Config {
             relative_attention_max_distance: 128,
             layer_norm_epsilon: 1e-6,
             feed_forward_proj: "relu".to_owned(),
+            dense_act_fn: None,
             tie_word_embeddings: None,
             pad_token_id: Some(0),
             eos_token_id: Some(TokenIds::One(1)),
@@ -88,10 +91,15 @@ impl T5Config {
         self.num_heads * self.d_kv
     }
 
-    /// The feed-forward block as transformers' `T5Config.__post_init__` derives it:
-    /// `"gated-X"` is gated with activation X, `"X"` is not gated; and `"gated-gelu"` means
-    /// `gelu_new` (the tanh approximation), a backwards-compatibility rule of transformers. The real
-    /// BLIP-2 Flan-T5 configs say `dense_act_fn: "gelu"`, which transformers ignores too.
+    /// The feed-forward block as transformers 5.24 resolves it: `"gated-X"` is gated and `"X"` is
+    /// not; the activation is the file's `dense_act_fn` when it has one, else the one
+    /// `feed_forward_proj` names, except that `"gated-gelu"` alone means `gelu_new` (the tanh
+    /// approximation; a backwards-compatibility rule of `T5Config`).
+    ///
+    /// Measured with transformers 5.24: `T5Config.__post_init__` derives `dense_act_fn` from
+    /// `feed_forward_proj` and then applies the remaining keys of the file, so an explicit
+    /// `dense_act_fn` wins. The real BLIP-2 Flan-T5 configs say `"gated-gelu"` and
+    /// `dense_act_fn: "gelu"`, so transformers runs them with the exact (erf) GELU, as LAVIS did.
     pub fn feed_forward(&self) -> Result<T5FeedForward> {
         let parts: Vec<&str> = self.feed_forward_proj.split('-').collect();
         let bad = || {
@@ -105,16 +113,14 @@ impl T5Config {
             ["gated", act] => (true, *act),
             _ => return Err(bad()),
         };
-        let activation = if self.feed_forward_proj == "gated-gelu" {
-            Activation::GeluNew
-        } else {
-            Activation::from_name(name).ok_or_else(|| {
-                Error::invalid_config(
-                    "text_config.feed_forward_proj",
-                    format!("unknown activation {name:?}"),
-                )
-            })?
+        let name = match &self.dense_act_fn {
+            Some(explicit) => explicit.as_str(),
+            None if self.feed_forward_proj == "gated-gelu" => "gelu_new",
+            None => name,
         };
+        let activation = Activation::from_name(name).ok_or_else(|| {
+            Error::invalid_config("text_config", format!("unknown T5 activation {name:?}"))
+        })?;
         Ok(T5FeedForward { gated, activation })
     }
 

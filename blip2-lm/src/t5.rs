@@ -1,0 +1,532 @@
+//! T5 (transformers' `T5ForConditionalGeneration`): an encoder-decoder with RMS layer norms,
+//! unscaled attention and relative position buckets, as in Flan-T5.
+
+use blip2_core::config::{Activation, T5Config};
+use blip2_core::error::{Error, Result};
+use blip2_core::{nn, Weights};
+use burn::module::{Module, Param};
+use burn::nn::Linear;
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+
+use crate::cache::KvCache;
+use crate::LanguageModel;
+
+/// `T5LayerNorm`: RMS normalisation (no mean, no bias), variance in f32.
+#[derive(Module, Debug)]
+pub struct T5LayerNorm {
+    weight: Param<Tensor<1>>,
+    eps: f64,
+}
+
+impl T5LayerNorm {
+    fn load(w: &Weights, dim: usize, eps: f64, device: &Device) -> Result<Self> {
+        Ok(T5LayerNorm {
+            weight: nn::param(w, "weight", [dim], device)?,
+            eps,
+        })
+    }
+
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let dim = self.weight.dims()[0];
+        let variance = x.clone().powf_scalar(2.0).mean_dim(2);
+        let inv = (variance + self.eps).sqrt().recip();
+        x * inv * self.weight.val().reshape([1, 1, dim])
+    }
+}
+
+/// `T5Attention` without its position bias (which the stack computes once and shares): `q`, `k`,
+/// `v`, `o` without biases, and no `1/sqrt(d)` scaling.
+#[derive(Module, Debug)]
+pub struct T5Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    num_heads: usize,
+}
+
+impl T5Attention {
+    fn load(w: &Weights, c: &T5Config, device: &Device) -> Result<Self> {
+        let (d, inner) = (c.d_model, c.inner_dim());
+        Ok(T5Attention {
+            q: nn::linear(&w.pp("q"), d, inner, false, device)?,
+            k: nn::linear(&w.pp("k"), d, inner, false, device)?,
+            v: nn::linear(&w.pp("v"), d, inner, false, device)?,
+            o: nn::linear(&w.pp("o"), inner, d, false, device)?,
+            num_heads: c.num_heads,
+        })
+    }
+
+    fn kv(&self, x: Tensor<3>) -> (Tensor<4>, Tensor<4>) {
+        (
+            nn::split_heads(self.k.forward(x.clone()), self.num_heads),
+            nn::split_heads(self.v.forward(x), self.num_heads),
+        )
+    }
+
+    fn attend(
+        &self,
+        x: Tensor<3>,
+        k: Tensor<4>,
+        v: Tensor<4>,
+        mask: Option<Tensor<4, Bool>>,
+        bias: Option<Tensor<4>>,
+    ) -> Tensor<3> {
+        let q = nn::split_heads(self.q.forward(x), self.num_heads);
+        self.o
+            .forward(nn::merge_heads(nn::attend(q, k, v, mask, bias, 1.0)))
+    }
+}
+
+/// `T5LayerFF`: RMS norm, then `wo(act(wi_0 x) * wi_1 x)` (gated) or `wo(act(wi x))`, residual.
+#[derive(Module, Debug)]
+pub struct T5LayerFF {
+    wi: Option<Linear>,
+    wi_0: Option<Linear>,
+    wi_1: Option<Linear>,
+    wo: Linear,
+    layer_norm: T5LayerNorm,
+    #[module(skip)]
+    activation: Activation,
+}
+
+impl T5LayerFF {
+    fn load(w: &Weights, c: &T5Config, device: &Device) -> Result<Self> {
+        let ff = c.feed_forward()?;
+        let dense = w.pp("DenseReluDense");
+        let lin = |name: &str| nn::linear(&dense.pp(name), c.d_model, c.d_ff, false, device);
+        let (wi, wi_0, wi_1) = if ff.gated {
+            (None, Some(lin("wi_0")?), Some(lin("wi_1")?))
+        } else {
+            (Some(lin("wi")?), None, None)
+        };
+        Ok(T5LayerFF {
+            wi,
+            wi_0,
+            wi_1,
+            wo: nn::linear(&dense.pp("wo"), c.d_ff, c.d_model, false, device)?,
+            layer_norm: T5LayerNorm::load(
+                &w.pp("layer_norm"),
+                c.d_model,
+                c.layer_norm_epsilon,
+                device,
+            )?,
+            activation: ff.activation,
+        })
+    }
+
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let h = self.layer_norm.forward(x.clone());
+        let inner = match (&self.wi, &self.wi_0, &self.wi_1) {
+            (Some(wi), _, _) => nn::activate(self.activation, wi.forward(h)),
+            (None, Some(w0), Some(w1)) => {
+                nn::activate(self.activation, w0.forward(h.clone())) * w1.forward(h)
+            }
+            _ => unreachable!("T5LayerFF is loaded gated or not"),
+        };
+        x + self.wo.forward(inner)
+    }
+}
+
+/// One encoder block: self-attention and feed-forward, each pre-normed with a residual.
+#[derive(Module, Debug)]
+pub struct T5EncoderBlock {
+    self_attention: T5Attention,
+    self_attention_norm: T5LayerNorm,
+    ff: T5LayerFF,
+}
+
+/// One decoder block: causal self-attention, cross-attention to the encoder, feed-forward.
+#[derive(Module, Debug)]
+pub struct T5DecoderBlock {
+    self_attention: T5Attention,
+    self_attention_norm: T5LayerNorm,
+    cross_attention: T5Attention,
+    cross_attention_norm: T5LayerNorm,
+    ff: T5LayerFF,
+}
+
+/// The relative position bias of a stack's first block: `[buckets, heads]`, kept on the host to
+/// build each call's `[1, heads, queries, keys]` bias.
+#[derive(Debug, Clone)]
+pub struct RelativeBias {
+    table: Vec<f32>,
+    num_heads: usize,
+    num_buckets: usize,
+    max_distance: usize,
+    bidirectional: bool,
+}
+
+impl RelativeBias {
+    fn load(w: &Weights, c: &T5Config, bidirectional: bool) -> Result<Self> {
+        let data = w.get(
+            "relative_attention_bias.weight",
+            &[c.relative_attention_num_buckets, c.num_heads],
+        )?;
+        let table = data
+            .try_into_vec_as::<f32>()
+            .map_err(|e| Error::InvalidInput(format!("relative attention bias: {e:?}")))?;
+        Ok(RelativeBias {
+            table,
+            num_heads: c.num_heads,
+            num_buckets: c.relative_attention_num_buckets,
+            max_distance: c.relative_attention_max_distance,
+            bidirectional,
+        })
+    }
+
+    /// transformers' `_relative_position_bucket`, with its f32 logarithm.
+    fn bucket(&self, relative: i64) -> usize {
+        let mut buckets = self.num_buckets as i64;
+        let mut result = 0i64;
+        let n = if self.bidirectional {
+            buckets /= 2;
+            if relative > 0 {
+                result += buckets;
+            }
+            relative.abs()
+        } else {
+            (-relative).max(0)
+        };
+        let max_exact = buckets / 2;
+        let bucket = if n < max_exact {
+            n
+        } else {
+            let scale = (self.max_distance as f64 / max_exact as f64).ln() as f32;
+            let large =
+                ((n as f32 / max_exact as f32).ln() / scale * (buckets - max_exact) as f32) as i64;
+            (max_exact + large).min(buckets - 1)
+        };
+        (result + bucket) as usize
+    }
+
+    /// `[1, heads, queries, keys]` bias for queries at positions `first_query..` over keys `0..keys`.
+    fn bias(&self, first_query: usize, queries: usize, keys: usize, device: &Device) -> Tensor<4> {
+        let mut values = vec![0f32; self.num_heads * queries * keys];
+        for h in 0..self.num_heads {
+            for i in 0..queries {
+                for j in 0..keys {
+                    let bucket = self.bucket(j as i64 - (first_query + i) as i64);
+                    values[(h * queries + i) * keys + j] = self.table[bucket * self.num_heads + h];
+                }
+            }
+        }
+        Tensor::from_data(
+            TensorData::new(values, [1, self.num_heads, queries, keys]),
+            device,
+        )
+    }
+}
+
+/// Flan-T5 with its language-modelling head.
+#[derive(Module, Debug)]
+pub struct T5ForConditionalGeneration {
+    shared: Param<Tensor<2>>,
+    encoder: Vec<T5EncoderBlock>,
+    encoder_norm: T5LayerNorm,
+    #[module(skip)]
+    encoder_bias: RelativeBias,
+    decoder: Vec<T5DecoderBlock>,
+    decoder_norm: T5LayerNorm,
+    #[module(skip)]
+    decoder_bias: RelativeBias,
+    /// `[vocab, d_model]`, PyTorch's layout; used transposed.
+    lm_head: Param<Tensor<2>>,
+    /// `d_model^-0.5` when the decoder output is rescaled before a tied head (original T5).
+    output_scale: Option<f64>,
+    decoder_start: u32,
+    num_heads: usize,
+    head_dim: usize,
+}
+
+/// Decoding state of T5 rows: the decoder's self-attention cache, each layer's cross-attention
+/// keys and values (computed once from the encoder output), and the encoder padding mask.
+#[derive(Debug, Clone)]
+pub struct T5State {
+    cache: KvCache,
+    cross: Vec<(Tensor<4>, Tensor<4>)>,
+    encoder_padding: Tensor<4, Bool>,
+}
+
+impl T5ForConditionalGeneration {
+    /// Loads `language_model.*` from `w` (the view of `language_model`).
+    pub fn load(w: &Weights, c: &T5Config, device: &Device) -> Result<Self> {
+        c.validate()?;
+        let (v, d, eps) = (c.vocab_size, c.d_model, c.layer_norm_epsilon);
+        let enc = w.pp("encoder");
+        let dec = w.pp("decoder");
+        let encoder = (0..c.num_layers)
+            .map(|i| {
+                let b = enc.pp("block").pp(i).pp("layer");
+                Ok(T5EncoderBlock {
+                    self_attention: T5Attention::load(&b.pp(0).pp("SelfAttention"), c, device)?,
+                    self_attention_norm: T5LayerNorm::load(
+                        &b.pp(0).pp("layer_norm"),
+                        d,
+                        eps,
+                        device,
+                    )?,
+                    ff: T5LayerFF::load(&b.pp(1), c, device)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let decoder = (0..c.decoder_layers())
+            .map(|i| {
+                let b = dec.pp("block").pp(i).pp("layer");
+                Ok(T5DecoderBlock {
+                    self_attention: T5Attention::load(&b.pp(0).pp("SelfAttention"), c, device)?,
+                    self_attention_norm: T5LayerNorm::load(
+                        &b.pp(0).pp("layer_norm"),
+                        d,
+                        eps,
+                        device,
+                    )?,
+                    cross_attention: T5Attention::load(&b.pp(1).pp("EncDecAttention"), c, device)?,
+                    cross_attention_norm: T5LayerNorm::load(
+                        &b.pp(1).pp("layer_norm"),
+                        d,
+                        eps,
+                        device,
+                    )?,
+                    ff: T5LayerFF::load(&b.pp(2), c, device)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let shared = nn::param(w, "shared.weight", [v, d], device)?;
+        // A stored lm_head is used as is (Flan-T5); without one the head is tied to `shared`.
+        let lm_head = match w.get_optional("lm_head.weight", &[v, d])? {
+            Some(data) => Param::from_tensor(nn::tensor(data, device)),
+            None => shared.clone(),
+        };
+        Ok(T5ForConditionalGeneration {
+            encoder_bias: RelativeBias::load(&enc.pp("block.0.layer.0.SelfAttention"), c, true)?,
+            decoder_bias: RelativeBias::load(&dec.pp("block.0.layer.0.SelfAttention"), c, false)?,
+            encoder_norm: T5LayerNorm::load(&enc.pp("final_layer_norm"), d, eps, device)?,
+            decoder_norm: T5LayerNorm::load(&dec.pp("final_layer_norm"), d, eps, device)?,
+            shared,
+            encoder,
+            decoder,
+            lm_head,
+            output_scale: c.scale_decoder_outputs().then(|| (d as f64).powf(-0.5)),
+            decoder_start: c.decoder_start(),
+            num_heads: c.num_heads,
+            head_dim: c.d_kv,
+        })
+    }
+
+    fn device(&self) -> Device {
+        self.shared.val().device()
+    }
+
+    /// The first decoder token (`decoder_start_token_id`).
+    pub fn decoder_start(&self) -> u32 {
+        self.decoder_start
+    }
+
+    /// The encoder's `last_hidden_state` for `embeds` (`[rows, len, d_model]`) with padding
+    /// `padding` (`[rows, 1, 1, len]`, true = padding).
+    pub fn encode(&self, embeds: Tensor<3>, padding: Tensor<4, Bool>) -> Tensor<3> {
+        let len = embeds.dims()[1];
+        let bias = self.encoder_bias.bias(0, len, len, &self.device());
+        let mut x = embeds;
+        for block in &self.encoder {
+            let h = block.self_attention_norm.forward(x.clone());
+            let (k, v) = block.self_attention.kv(h.clone());
+            x = x + block
+                .self_attention
+                .attend(h, k, v, Some(padding.clone()), Some(bias.clone()));
+            x = block.ff.forward(x);
+        }
+        self.encoder_norm.forward(x)
+    }
+
+    /// One decoder position for every row: `tokens` at position `state.cache.len()`.
+    fn decode(&self, state: &mut T5State, tokens: &[u32]) -> Result<Tensor<2>> {
+        let rows = tokens.len();
+        let position = state.cache.len();
+        let x = self.embed_tokens(&tokens.iter().map(|&t| vec![t]).collect::<Vec<_>>())?;
+        let bias = self
+            .decoder_bias
+            .bias(position, 1, position + 1, &self.device());
+        let mut x = x;
+        for (i, block) in self.decoder.iter().enumerate() {
+            let h = block.self_attention_norm.forward(x.clone());
+            let (k, v) = block.self_attention.kv(h.clone());
+            let (k, v) = state.cache.write(i, k, v);
+            x = x + block
+                .self_attention
+                .attend(h, k, v, None, Some(bias.clone()));
+            let h = block.cross_attention_norm.forward(x.clone());
+            let (ck, cv) = state.cross[i].clone();
+            x = x + block.cross_attention.attend(
+                h,
+                ck,
+                cv,
+                Some(state.encoder_padding.clone()),
+                None,
+            );
+            x = block.ff.forward(x);
+        }
+        state.cache.advance(1);
+        let d = self.shared.dims()[1];
+        let mut x = self.decoder_norm.forward(x).reshape([rows, d]);
+        if let Some(scale) = self.output_scale {
+            x = x * scale;
+        }
+        Ok(x.matmul(self.lm_head.val().transpose()))
+    }
+}
+
+impl LanguageModel for T5ForConditionalGeneration {
+    type State = T5State;
+
+    fn vocab_size(&self) -> usize {
+        self.shared.dims()[0]
+    }
+
+    fn max_positions(&self) -> Option<usize> {
+        None
+    }
+
+    fn embed_tokens(&self, ids: &[Vec<u32>]) -> Result<Tensor<3>> {
+        let rows = ids.len();
+        let len = ids.first().map_or(0, Vec::len);
+        if ids.iter().any(|r| r.len() != len) {
+            return Err(Error::InvalidInput(
+                "token rows of different lengths".to_owned(),
+            ));
+        }
+        let vocab = self.vocab_size();
+        if let Some(bad) = ids.iter().flatten().find(|&&t| t as usize >= vocab) {
+            return Err(Error::InvalidInput(format!(
+                "token id {bad} is outside the vocabulary ({vocab})"
+            )));
+        }
+        let flat: Vec<i64> = ids.iter().flatten().map(|&t| t as i64).collect();
+        let index =
+            Tensor::<1, Int>::from_data(TensorData::new(flat, [rows * len]), &self.device());
+        let dim = self.shared.dims()[1];
+        Ok(self.shared.val().select(0, index).reshape([rows, len, dim]))
+    }
+
+    fn prefill(
+        &self,
+        embeds: Tensor<3>,
+        attention_mask: &[Vec<bool>],
+        max_new_tokens: usize,
+    ) -> Result<(T5State, Tensor<2>)> {
+        let [rows, len, _] = embeds.dims();
+        if rows == 0 || len == 0 {
+            return Err(Error::InvalidInput("an empty prompt batch".to_owned()));
+        }
+        if attention_mask.len() != rows || attention_mask.iter().any(|m| m.len() != len) {
+            return Err(Error::InvalidInput(
+                "attention mask does not match the inputs".to_owned(),
+            ));
+        }
+        let device = self.device();
+        let padding: Vec<bool> = attention_mask.iter().flatten().map(|keep| !keep).collect();
+        let padding =
+            Tensor::<4, Bool>::from_data(TensorData::new(padding, [rows, 1, 1, len]), &device);
+        let encoded = self.encode(embeds, padding.clone());
+        let cross = self
+            .decoder
+            .iter()
+            .map(|block| block.cross_attention.kv(encoded.clone()))
+            .collect();
+        let cache = KvCache::new(
+            self.decoder.len(),
+            rows,
+            self.num_heads,
+            1 + max_new_tokens,
+            self.head_dim,
+            &device,
+        );
+        let mut state = T5State {
+            cache,
+            cross,
+            encoder_padding: padding,
+        };
+        let logits = self.decode(&mut state, &vec![self.decoder_start; rows])?;
+        Ok((state, logits))
+    }
+
+    fn step(&self, state: &mut T5State, tokens: &[u32]) -> Result<Tensor<2>> {
+        let rows = state.encoder_padding.dims()[0];
+        if tokens.len() != rows {
+            return Err(Error::InvalidInput(format!(
+                "{} tokens for {rows} rows",
+                tokens.len()
+            )));
+        }
+        if state.cache.len() >= state.cache.capacity() {
+            return Err(Error::InvalidInput("the KV cache is full".to_owned()));
+        }
+        self.decode(state, tokens)
+    }
+
+    fn reorder(&self, state: &mut T5State, rows: &[usize]) {
+        state.cache.select_rows(rows);
+        let device = self.device();
+        let index = Tensor::<1, Int>::from_data(
+            TensorData::new(
+                rows.iter().map(|&r| r as i64).collect::<Vec<_>>(),
+                [rows.len()],
+            ),
+            &device,
+        );
+        for (k, v) in &mut state.cross {
+            *k = k.clone().select(0, index.clone());
+            *v = v.clone().select(0, index.clone());
+        }
+        state.encoder_padding = state.encoder_padding.clone().select(0, index);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bias(bidirectional: bool) -> RelativeBias {
+        RelativeBias {
+            table: Vec::new(),
+            num_heads: 1,
+            num_buckets: 32,
+            max_distance: 128,
+            bidirectional,
+        }
+    }
+
+    #[test]
+    fn buckets_match_transformers() {
+        // Values of transformers' _relative_position_bucket (32 buckets, max distance 128).
+        let enc = bias(true);
+        let cases = [
+            (0, 0),
+            (1, 17),
+            (-1, 1),
+            (7, 23),
+            (-8, 8),
+            (20, 26),
+            (-20, 10),
+            (200, 31),
+            (-200, 15),
+        ];
+        for (relative, expected) in cases {
+            assert_eq!(enc.bucket(relative), expected, "bidirectional {relative}");
+        }
+        let dec = bias(false);
+        let cases = [
+            (0, 0),
+            (1, 0),
+            (-1, 1),
+            (-15, 15),
+            (-16, 16),
+            (-40, 23),
+            (-500, 31),
+        ];
+        for (relative, expected) in cases {
+            assert_eq!(dec.bucket(relative), expected, "causal {relative}");
+        }
+    }
+}
