@@ -7,9 +7,9 @@
 //!
 //! # Status
 //!
-//! OPT checkpoints caption and answer questions with transformers' generation semantics (greedy,
-//! beam search, sampling, penalties, batches), at parity with transformers on tiny reference
-//! models. Flan-T5, retrieval (ITM/ITC), f16/bf16 and GPU backends are still to come.
+//! OPT and Flan-T5 checkpoints caption and answer questions with transformers' generation
+//! semantics (greedy, beam search, sampling, penalties, batches), at parity with transformers on
+//! tiny reference models. Retrieval (ITM/ITC), f16/bf16 and GPU backends are still to come.
 //!
 //! ```no_run
 //! use blip2::{Blip2, GenerationConfig};
