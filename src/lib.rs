@@ -30,6 +30,7 @@
 mod checkpoint;
 mod encoder;
 mod model;
+mod retrieval;
 
 pub use blip2_core::config;
 pub use blip2_core::config::EarlyStopping;
@@ -42,6 +43,7 @@ pub use burn::tensor::{Device, Tensor};
 pub use checkpoint::{Checkpoint, CheckpointSummary};
 pub use encoder::{ImageEmbeddings, ImageEncoder};
 pub use model::{Blip2, Blip2Builder, Generation, TextModel, DEFAULT_QUESTION_TEMPLATE};
+pub use retrieval::{Blip2Retrieval, RankedText, TokenizedTexts};
 
 /// Lower-level generation pieces: the language-model trait, prompts, sequences.
 pub mod lm {

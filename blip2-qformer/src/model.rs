@@ -5,7 +5,7 @@ use blip2_core::error::{Error, Result};
 use blip2_core::{nn, Weights};
 use burn::module::{Module, Param};
 use burn::nn::LayerNorm;
-use burn::tensor::{Bool, Device, Tensor};
+use burn::tensor::{Bool, Device, Tensor, TensorData};
 
 use crate::layer::{Blip2QFormerLayer, ImageContext};
 
@@ -81,6 +81,65 @@ impl Blip2QFormerModel {
         Ok(self.forward_embeddings(queries, n, None, Some(&image)))
     }
 
+    /// The text-only pass (query length 0): `text_embeds` `[texts, len, hidden]` from
+    /// [`crate::embeddings::Blip2TextEmbeddings`], `padding[row][pos]` true for padding →
+    /// `[texts, len, hidden]`.
+    pub fn forward_text(&self, text_embeds: Tensor<3>, padding: &[Vec<bool>]) -> Result<Tensor<3>> {
+        self.check_text(&text_embeds, padding)?;
+        let mask = padding_mask(padding, 0, &text_embeds.device());
+        Ok(self.forward_embeddings(text_embeds, 0, Some(mask), None))
+    }
+
+    /// The joint pass of image–text matching: the queries and the text attend to each other, the
+    /// queries also to the image. `image_embeds` `[pairs, tokens, vision_width]`, `text_embeds`
+    /// `[pairs, len, hidden]` → `[pairs, queries + len, hidden]`.
+    pub fn forward_joint(
+        &self,
+        image_embeds: Tensor<3>,
+        text_embeds: Tensor<3>,
+        padding: &[Vec<bool>],
+    ) -> Result<Tensor<3>> {
+        self.check_text(&text_embeds, padding)?;
+        let [batch, _, width] = image_embeds.dims();
+        if batch != text_embeds.dims()[0] {
+            return Err(Error::InvalidInput(format!(
+                "{batch} images for {} texts in the joint pass",
+                text_embeds.dims()[0]
+            )));
+        }
+        if width != self.encoder_hidden_size {
+            return Err(Error::InvalidInput(format!(
+                "image features are {width} wide, the Q-Former cross-attends to {}",
+                self.encoder_hidden_size
+            )));
+        }
+        let [_, n, hidden] = self.query_tokens.dims();
+        let queries = self.query_tokens.val().expand([batch, n, hidden]);
+        let device = text_embeds.device();
+        let embeds = Tensor::cat(vec![queries, text_embeds], 1);
+        let mask = padding_mask(padding, n, &device);
+        let image = ImageContext {
+            states: image_embeds,
+            mask: None,
+        };
+        Ok(self.forward_embeddings(embeds, n, Some(mask), Some(&image)))
+    }
+
+    fn check_text(&self, text_embeds: &Tensor<3>, padding: &[Vec<bool>]) -> Result<()> {
+        if !self.has_text_input {
+            return Err(Error::InvalidInput(
+                "this Q-Former has no text branch (use_qformer_text_input is false)".to_owned(),
+            ));
+        }
+        let [rows, len, _] = text_embeds.dims();
+        if padding.len() != rows || padding.iter().any(|p| p.len() != len) {
+            return Err(Error::InvalidInput(
+                "text padding does not match the texts".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+
     /// The general pass over already-embedded inputs `[batch, query_length + text, hidden]`
     /// (queries first): LayerNorm, then the layers. `mask` (`[batch, 1, 1, seq]`) is true for
     /// positions to ignore.
@@ -98,4 +157,17 @@ impl Blip2QFormerModel {
         }
         x
     }
+}
+
+/// `[rows, 1, 1, queries + len]`: true at text padding (queries are never masked).
+fn padding_mask(padding: &[Vec<bool>], queries: usize, device: &Device) -> Tensor<4, Bool> {
+    let len = padding.first().map_or(0, Vec::len);
+    let values: Vec<bool> = padding
+        .iter()
+        .flat_map(|row| std::iter::repeat_n(false, queries).chain(row.iter().copied()))
+        .collect();
+    Tensor::from_data(
+        TensorData::new(values, [padding.len(), 1, 1, queries + len]),
+        device,
+    )
 }

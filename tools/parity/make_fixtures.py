@@ -476,9 +476,37 @@ def make_itm(images, out: Path):
     pv = processor(images=[images["palette_48x48"]], return_tensors="pt")["pixel_values"]
     goldens = vision_qformer_goldens(model, pv)
     goldens["pixel_values"] = pv
+    retrieval = retrieval_goldens(model, processor, images, goldens)
     write_goldens(out, goldens, {"pixel_values_images": ["images/palette_48x48.png"],
-                                 "image_token_index": image_token_index,
+                                 "image_token_index": image_token_index, "retrieval": retrieval,
                                  "transformers": transformers.__version__, "torch": torch.__version__})
+
+
+RETRIEVAL_IMAGES = ["palette_48x48", "rgb_96x64", "rgba_64x64"]
+RETRIEVAL_TEXTS = ["a photo of a cat", "Two dogs running on the beach!", "a red car parked next to a blue house"]
+
+
+def retrieval_goldens(model, processor, images, goldens):
+    """ITC similarities, image and text embeddings for the 3x3 grid of RETRIEVAL_IMAGES x
+    RETRIEVAL_TEXTS, and ITM logits / match probabilities for every pair."""
+    imgs = [images[n] for n in RETRIEVAL_IMAGES]
+    with torch.no_grad():
+        inputs = processor(images=imgs, text=RETRIEVAL_TEXTS, return_tensors="pt", padding=True)
+        itc = model(**inputs, use_image_text_matching_head=False)
+        goldens["itc_similarity"] = itc.logits_per_image
+        goldens["itc_image_embeds"] = itc.image_embeds
+        goldens["itc_text_embeds"] = itc.text_embeds
+        logits = torch.zeros(len(imgs), len(RETRIEVAL_TEXTS), 2)
+        for i, img in enumerate(imgs):
+            for j, text in enumerate(RETRIEVAL_TEXTS):
+                pair = processor(images=[img], text=[text], return_tensors="pt")
+                logits[i, j] = model(**pair, use_image_text_matching_head=True).logits_per_image[0]
+        goldens["itm_logits"] = logits
+        goldens["itm_probability"] = logits.softmax(dim=-1)[..., 1]
+    n = model.config.num_query_tokens
+    return {"images": [f"images/{n_}.png" for n_ in RETRIEVAL_IMAGES], "texts": RETRIEVAL_TEXTS,
+            "text_input_ids": [row[n:] for row in inputs["input_ids"].tolist()],
+            "text_attention_mask": [row[n:] for row in inputs["attention_mask"].tolist()]}
 
 
 def main():

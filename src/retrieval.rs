@@ -1,0 +1,296 @@
+//! `Blip2Retrieval`: image–text matching (ITM), contrastive similarity (ITC) and embeddings, with
+//! the `Blip2ForImageTextRetrieval` checkpoint (`Salesforce/blip2-itm-vit-g`).
+
+use blip2_core::image::ImageProcessor;
+use blip2_core::{Error, Result, WeightDType, Weights};
+use blip2_hub::Tokenizer;
+use blip2_qformer::RetrievalHeads;
+use burn::tensor::{activation, Device, Tensor};
+use image::DynamicImage;
+
+use crate::{Checkpoint, ImageEncoder};
+
+/// A loaded retrieval model.
+///
+/// Scores, as transformers' `Blip2ForImageTextRetrieval` computes them:
+///
+/// - **ITC similarity** ([`Blip2Retrieval::similarity`]): the cosine between the L2-normalised
+///   projected text `[CLS]` feature and each of the image's L2-normalised projected query
+///   features, maximised over the queries. A cosine in [-1, 1], not a probability; no temperature.
+/// - **ITM probability** ([`Blip2Retrieval::match_probability`]): the Q-Former reads image and
+///   text together; `itm_head` over the query outputs, averaged over the queries, gives two
+///   logits; the probability is the softmax of the "match" logit. Slower (one joint pass per pair)
+///   and more accurate.
+pub struct Blip2Retrieval {
+    encoder: ImageEncoder,
+    heads: RetrievalHeads,
+    tokenizer: Tokenizer,
+    processor: ImageProcessor,
+    pad_token: u32,
+}
+
+/// Texts tokenized for the Q-Former: equal-length rows of ids and their padding flags.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenizedTexts {
+    /// `[CLS] … [SEP]` ids, right-padded.
+    pub ids: Vec<Vec<u32>>,
+    /// `padding[row][pos]`: true at padding.
+    pub padding: Vec<Vec<bool>>,
+}
+
+/// One text ranked for an image by [`Blip2Retrieval::rank`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct RankedText {
+    /// Index of the text in the input.
+    pub index: usize,
+    /// ITC similarity (cosine).
+    pub itc: f32,
+    /// ITM "match" logit.
+    pub itm_logit: f32,
+    /// `itm_logit + itc`, the score BLIP-2's retrieval ranks by.
+    pub score: f32,
+}
+
+impl Blip2Retrieval {
+    /// Loads a retrieval checkpoint (a folder, or a hub id in the HF cache) on the default device.
+    pub fn from_pretrained(model: &str) -> Result<Self> {
+        let checkpoint = Checkpoint::open(model, None)?;
+        Self::load(&checkpoint, &Device::default())
+    }
+
+    /// Loads an opened retrieval checkpoint on `device` (weights converted to f32).
+    pub fn load(checkpoint: &Checkpoint, device: &Device) -> Result<Self> {
+        let dir = checkpoint.dir();
+        let config = dir.config();
+        let weights = Weights::new(checkpoint.weights(), WeightDType::F32);
+        if !config.qformer_config.use_qformer_text_input || !weights.contains("itm_head.weight") {
+            return Err(Error::InvalidInput(format!(
+                "{} is not a retrieval checkpoint (Blip2ForImageTextRetrieval, e.g. \
+                 Salesforce/blip2-itm-vit-g): it has no ITM/ITC heads",
+                dir.path().display()
+            )));
+        }
+        let tokenizer = dir.tokenizer()?;
+        let pad_token = config.qformer_config.pad_token_id.unwrap_or(0);
+        Ok(Blip2Retrieval {
+            encoder: ImageEncoder::from_weights(config, &weights, device)?,
+            heads: RetrievalHeads::load(&weights, config, device)?,
+            tokenizer,
+            processor: ImageProcessor::new(dir.preprocessor().clone())?,
+            pad_token,
+        })
+    }
+
+    /// The image processor.
+    pub fn image_processor(&self) -> &ImageProcessor {
+        &self.processor
+    }
+
+    /// Tokenizes texts as BERT does (`[CLS] text [SEP]`) and right-pads them; returns the ids and
+    /// the padding flags. A text longer than the Q-Former's position table (512 in the real
+    /// model) keeps its first tokens and its final `[SEP]`; transformers would fail on it instead.
+    /// An empty text is an error.
+    pub fn tokenize(&self, texts: &[&str]) -> Result<TokenizedTexts> {
+        if texts.is_empty() {
+            return Err(Error::InvalidInput("no texts".to_owned()));
+        }
+        let max = self.heads.embeddings.max_positions();
+        let mut rows = Vec::with_capacity(texts.len());
+        for text in texts {
+            if text.trim().is_empty() {
+                return Err(Error::InvalidInput(
+                    "an empty text cannot be matched".to_owned(),
+                ));
+            }
+            let encoding = self
+                .tokenizer
+                .encode(*text, true)
+                .map_err(|e| Error::InvalidInput(format!("cannot tokenize {text:?}: {e}")))?;
+            let mut ids = encoding.get_ids().to_vec();
+            if ids.len() > max {
+                let last = *ids.last().expect("longer than max");
+                ids.truncate(max - 1);
+                ids.push(last);
+                tracing::warn!(max, "text truncated to the Q-Former's position table");
+            }
+            rows.push(ids);
+        }
+        let width = rows.iter().map(Vec::len).max().unwrap_or(0);
+        let padding = rows
+            .iter()
+            .map(|r| (0..width).map(|i| i >= r.len()).collect())
+            .collect();
+        let ids = rows
+            .into_iter()
+            .map(|mut r| {
+                r.resize(width, self.pad_token);
+                r
+            })
+            .collect();
+        Ok(TokenizedTexts { ids, padding })
+    }
+
+    /// Vision features and Q-Former query outputs of preprocessed images.
+    fn encode(&self, images: &[DynamicImage]) -> Result<(Tensor<3>, Tensor<3>)> {
+        if images.is_empty() {
+            return Err(Error::InvalidInput("no images".to_owned()));
+        }
+        let pixels = self.processor.preprocess_batch(images)?;
+        let vision = self
+            .encoder
+            .vision()
+            .forward(self.encoder.pixel_tensor(&pixels))?
+            .last_hidden_state;
+        let queries = self.encoder.qformer().forward_queries(vision.clone())?;
+        Ok((vision, queries))
+    }
+
+    fn image_features(&self, images: &[DynamicImage]) -> Result<Tensor<3>> {
+        let (_, queries) = self.encode(images)?;
+        Ok(self.heads.image_features(queries))
+    }
+
+    fn text_features(&self, texts: &[&str]) -> Result<Tensor<2>> {
+        let TokenizedTexts { ids, padding } = self.tokenize(texts)?;
+        let embeds = self.heads.embeddings.forward(&ids)?;
+        let out = self.encoder.qformer().forward_text(embeds, &padding)?;
+        Ok(self.heads.text_features(out))
+    }
+
+    /// ITC image embeddings: for each image, one L2-normalised vector per query
+    /// (`[images][queries][dim]`; 32 × 256 for the real model). For a vector index, store all
+    /// of an image's vectors and score a text by the best one, as [`Blip2Retrieval::similarity`].
+    pub fn image_embeddings(&self, images: &[DynamicImage]) -> Result<Vec<Vec<Vec<f32>>>> {
+        let features = self.image_features(images)?;
+        let [n, q, d] = features.dims();
+        let flat = to_vec(features)?;
+        Ok((0..n)
+            .map(|i| {
+                (0..q)
+                    .map(|j| flat[(i * q + j) * d..(i * q + j + 1) * d].to_vec())
+                    .collect()
+            })
+            .collect())
+    }
+
+    /// ITC text embeddings: one L2-normalised vector per text (`[texts][dim]`).
+    pub fn text_embeddings(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        let features = self.text_features(texts)?;
+        let [n, d] = features.dims();
+        let flat = to_vec(features)?;
+        Ok((0..n).map(|i| flat[i * d..(i + 1) * d].to_vec()).collect())
+    }
+
+    /// ITC similarity of every image with every text, `[images][texts]`: the cosine, maximised
+    /// over the image's queries.
+    pub fn similarity(&self, images: &[DynamicImage], texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        let image = self.image_features(images)?;
+        let text = self.text_features(texts)?;
+        let [n, q, d] = image.dims();
+        let t = text.dims()[0];
+        // [n * q, d] x [d, t] -> [n, q, t] -> max over queries.
+        let sims = image
+            .reshape([n * q, d])
+            .matmul(text.transpose())
+            .reshape([n, q, t])
+            .max_dim(1)
+            .reshape([n, t]);
+        rows(sims)
+    }
+
+    /// ITM logits `[images * texts, 2]` of every image with every text (image-major).
+    fn itm_logits(&self, images: &[DynamicImage], texts: &[&str]) -> Result<Tensor<2>> {
+        let (vision, _) = self.encode(images)?;
+        let TokenizedTexts { ids, padding } = self.tokenize(texts)?;
+        let (n, t) = (images.len(), texts.len());
+        let [_, tokens, width] = vision.dims();
+        let image_rows = vision
+            .unsqueeze_dim::<4>(1)
+            .expand([n, t, tokens, width])
+            .reshape([n * t, tokens, width]);
+        let pair_ids: Vec<Vec<u32>> = (0..n).flat_map(|_| ids.iter().cloned()).collect();
+        let pair_padding: Vec<Vec<bool>> = (0..n).flat_map(|_| padding.iter().cloned()).collect();
+        let embeds = self.heads.embeddings.forward(&pair_ids)?;
+        let joint = self
+            .encoder
+            .qformer()
+            .forward_joint(image_rows, embeds, &pair_padding)?;
+        Ok(self
+            .heads
+            .itm_logits(joint, self.encoder.qformer().num_query_tokens()))
+    }
+
+    /// ITM logits `[no match, match]` of each image with each text, `[images][texts]`.
+    pub fn match_logits(
+        &self,
+        images: &[DynamicImage],
+        texts: &[&str],
+    ) -> Result<Vec<Vec<[f32; 2]>>> {
+        let flat = to_vec(self.itm_logits(images, texts)?)?;
+        let pairs: Vec<[f32; 2]> = flat.chunks(2).map(|c| [c[0], c[1]]).collect();
+        Ok(pairs
+            .chunks(texts.len())
+            .map(<[[f32; 2]]>::to_vec)
+            .collect())
+    }
+
+    /// ITM probability that each image matches each text, `[images][texts]`.
+    pub fn match_probability(
+        &self,
+        images: &[DynamicImage],
+        texts: &[&str],
+    ) -> Result<Vec<Vec<f32>>> {
+        let logits = self.itm_logits(images, texts)?;
+        let probs = activation::softmax(logits, 1);
+        let [pairs, _] = probs.dims();
+        let matched = probs.slice(burn::tensor::s![.., 1..2]).reshape([pairs]);
+        let flat = to_vec(matched)?;
+        Ok(flat.chunks(texts.len()).map(<[f32]>::to_vec).collect())
+    }
+
+    /// For each image, the `k` texts with the highest ITC similarity, re-ranked by
+    /// `ITM match logit + ITC similarity` (BLIP-2's retrieval); best first.
+    pub fn rank(
+        &self,
+        images: &[DynamicImage],
+        texts: &[&str],
+        k: usize,
+    ) -> Result<Vec<Vec<RankedText>>> {
+        if k == 0 {
+            return Err(Error::InvalidInput("k must be at least 1".to_owned()));
+        }
+        let itc = self.similarity(images, texts)?;
+        let mut out = Vec::with_capacity(images.len());
+        for (i, image) in images.iter().enumerate() {
+            let mut order: Vec<usize> = (0..texts.len()).collect();
+            order.sort_by(|&a, &b| itc[i][b].total_cmp(&itc[i][a]));
+            order.truncate(k);
+            let candidates: Vec<&str> = order.iter().map(|&j| texts[j]).collect();
+            let logits = to_vec(self.itm_logits(std::slice::from_ref(image), &candidates)?)?;
+            let mut ranked: Vec<RankedText> = order
+                .iter()
+                .enumerate()
+                .map(|(c, &j)| RankedText {
+                    index: j,
+                    itc: itc[i][j],
+                    itm_logit: logits[c * 2 + 1],
+                    score: logits[c * 2 + 1] + itc[i][j],
+                })
+                .collect();
+            ranked.sort_by(|a, b| b.score.total_cmp(&a.score));
+            out.push(ranked);
+        }
+        Ok(out)
+    }
+}
+
+fn to_vec<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
+    t.into_data()
+        .try_into_vec_as::<f32>()
+        .map_err(|e| Error::InvalidInput(format!("tensor data: {e:?}")))
+}
+
+fn rows(t: Tensor<2>) -> Result<Vec<Vec<f32>>> {
+    let [_, cols] = t.dims();
+    Ok(to_vec(t)?.chunks(cols).map(<[f32]>::to_vec).collect())
+}
