@@ -27,6 +27,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod backend;
 mod checkpoint;
 mod encoder;
 mod model;

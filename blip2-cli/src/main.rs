@@ -1,35 +1,172 @@
-//! The `blip2` command.
+//! The `blip2` command: captions, questions, raw prompts, image–text matching and embeddings,
+//! and captioning whole datasets (resumable, sharded), with transformers' generation options.
 //!
-//! Today it inspects checkpoints and preprocesses images; captioning, questions, matching and
-//! embeddings arrive with the models (see the repository's issues).
+//! `--json` prints exactly one JSON document on stdout; logs and progress go to stderr. Errors exit
+//! non-zero with one line on stderr.
+
+mod dataset;
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use blip2::preprocess::{load_image, ImageLimits};
-use blip2::Checkpoint;
-use clap::{Parser, Subcommand};
+use blip2::{
+    Blip2, Blip2Builder, Blip2Retrieval, Checkpoint, Generation, GenerationConfig, StopReason,
+};
+use clap::{Args, Parser, Subcommand};
+use indicatif::ProgressBar;
+use serde_json::{json, Value};
 
 #[derive(Parser)]
 #[command(
     name = "blip2",
     version,
-    about = "BLIP-2 on burn: image captioning, questions and retrieval"
+    about = "BLIP-2 on burn: captions, visual questions, image-text matching and embeddings"
 )]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(Args, Clone)]
+struct ModelArgs {
+    /// A model folder, or a hub id already in the Hugging Face cache (nothing is downloaded).
+    #[arg(long, default_value = "Salesforce/blip2-opt-2.7b")]
+    model: String,
+    /// Branch, tag or commit of a hub id.
+    #[arg(long)]
+    revision: Option<String>,
+    /// Backend to run on (those compiled in; default: the first).
+    #[arg(long)]
+    backend: Option<String>,
+    /// Print one JSON document on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// transformers' generation options; unset ones take the checkpoint's defaults.
+#[derive(Args, Clone, Default)]
+struct GenerationArgs {
+    /// Most new tokens.
+    #[arg(long)]
+    max_new_tokens: Option<usize>,
+    /// Fewest new tokens before the end-of-sequence token may be chosen.
+    #[arg(long)]
+    min_new_tokens: Option<usize>,
+    /// Beam width.
+    #[arg(long)]
+    num_beams: Option<usize>,
+    /// Beam score exponent on the length.
+    #[arg(long, allow_hyphen_values = true)]
+    length_penalty: Option<f32>,
+    /// Sample instead of taking the most likely token.
+    #[arg(long)]
+    do_sample: bool,
+    /// Sampling temperature.
+    #[arg(long)]
+    temperature: Option<f32>,
+    /// Sample among the k most likely tokens (0: all).
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Sample among the most likely tokens reaching this probability.
+    #[arg(long)]
+    top_p: Option<f32>,
+    /// Penalty on tokens already present (> 1 discourages).
+    #[arg(long)]
+    repetition_penalty: Option<f32>,
+    /// Forbid repeating n-grams of this size.
+    #[arg(long)]
+    no_repeat_ngram_size: Option<usize>,
+    /// Sequences per image.
+    #[arg(long)]
+    num_return_sequences: Option<usize>,
+    /// Seed of the sampler.
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+impl GenerationArgs {
+    fn apply(&self, base: &GenerationConfig) -> GenerationConfig {
+        let mut c = base.clone();
+        c.max_new_tokens = self.max_new_tokens.or(c.max_new_tokens);
+        c.min_new_tokens = self.min_new_tokens.or(c.min_new_tokens);
+        c.num_beams = self.num_beams.unwrap_or(c.num_beams);
+        c.length_penalty = self.length_penalty.unwrap_or(c.length_penalty);
+        c.do_sample |= self.do_sample;
+        c.temperature = self.temperature.unwrap_or(c.temperature);
+        c.top_k = self.top_k.unwrap_or(c.top_k);
+        c.top_p = self.top_p.unwrap_or(c.top_p);
+        c.repetition_penalty = self.repetition_penalty.unwrap_or(c.repetition_penalty);
+        c.no_repeat_ngram_size = self.no_repeat_ngram_size.unwrap_or(c.no_repeat_ngram_size);
+        c.num_return_sequences = self.num_return_sequences.unwrap_or(c.num_return_sequences);
+        c.seed = self.seed.unwrap_or(c.seed);
+        c
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// One caption per image; or, with --dir / --input-list, caption a dataset into JSON lines.
+    Caption {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        generation: GenerationArgs,
+        /// Images to caption.
+        images: Vec<String>,
+        #[command(flatten)]
+        dataset: dataset::DatasetArgs,
+    },
+    /// Answer a question about an image ("Question: {q} Answer:").
+    Ask {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        generation: GenerationArgs,
+        /// The image.
+        image: String,
+        /// The question.
+        #[arg(long)]
+        question: String,
+    },
+    /// Generate from raw prompts: one prompt for all images, or one per image in order.
+    Generate {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        generation: GenerationArgs,
+        /// The images.
+        #[arg(required = true)]
+        images: Vec<String>,
+        /// A prompt (repeat for one per image).
+        #[arg(long = "prompt", required = true)]
+        prompts: Vec<String>,
+    },
+    /// ITM probability and ITC similarity of every image with every text (retrieval checkpoint).
+    Match {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// The images.
+        #[arg(required = true)]
+        images: Vec<String>,
+        /// A text (repeat for several).
+        #[arg(long = "text", required = true)]
+        texts: Vec<String>,
+    },
+    /// ITC embeddings of images and/or texts, as JSON (retrieval checkpoint).
+    Embed {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// The images.
+        images: Vec<String>,
+        /// A text (repeat for several).
+        #[arg(long = "text")]
+        texts: Vec<String>,
+    },
     /// Show what a checkpoint holds and how its image processor sees the given images.
     Inspect {
-        /// A model folder, or a hub id already in the Hugging Face cache.
-        #[arg(long, default_value = "Salesforce/blip2-opt-2.7b")]
-        model: String,
-        /// Branch, tag or commit of a hub id.
-        #[arg(long)]
-        revision: Option<String>,
+        #[command(flatten)]
+        model: ModelArgs,
         /// Images to preprocess.
         images: Vec<String>,
     },
@@ -45,14 +182,124 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> blip2::Result<()> {
+/// Any error of the command, printed as one line.
+type AnyError = Box<dyn std::error::Error>;
+
+fn run(cli: Cli) -> Result<(), AnyError> {
     match cli.command {
-        Command::Inspect {
+        Command::Caption {
             model,
-            revision,
+            generation,
             images,
+            dataset,
         } => {
-            let checkpoint = Checkpoint::open(&model, revision.as_deref())?;
+            if dataset.is_dataset_mode() {
+                let blip2 = load_blip2(&model)?;
+                let config = generation.apply(blip2.generation_config());
+                return dataset::caption_dataset(&blip2, &config, &images, &dataset);
+            }
+            if images.is_empty() {
+                return Err("give images to caption, or --dir / --input-list".into());
+            }
+            let blip2 = load_blip2(&model)?;
+            let config = generation.apply(blip2.generation_config());
+            let decoded = load_images(&images)?;
+            let out = blip2.generate(&decoded, &[], &config)?;
+            print_generations(&model, &images, &[], &out)
+        }
+        Command::Ask {
+            model,
+            generation,
+            image,
+            question,
+        } => {
+            let blip2 = load_blip2(&model)?;
+            let config = generation.apply(blip2.generation_config());
+            let prompt = blip2::DEFAULT_QUESTION_TEMPLATE.replacen("{}", &question, 1);
+            let decoded = load_images(std::slice::from_ref(&image))?;
+            let out = blip2.generate(&decoded, &[prompt.as_str()], &config)?;
+            print_generations(&model, &[image], &[prompt], &out)
+        }
+        Command::Generate {
+            model,
+            generation,
+            images,
+            prompts,
+        } => {
+            if prompts.len() != 1 && prompts.len() != images.len() {
+                return Err(format!(
+                    "{} prompts for {} images: give one prompt, or one per image",
+                    prompts.len(),
+                    images.len()
+                )
+                .into());
+            }
+            let blip2 = load_blip2(&model)?;
+            let config = generation.apply(blip2.generation_config());
+            let decoded = load_images(&images)?;
+            let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
+            let out = blip2.generate(&decoded, &refs, &config)?;
+            print_generations(&model, &images, &prompts, &out)
+        }
+        Command::Match {
+            model,
+            images,
+            texts,
+        } => {
+            let retrieval = load_retrieval(&model)?;
+            let decoded = load_images(&images)?;
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            let itm = retrieval.match_probability(&decoded, &refs)?;
+            let itc = retrieval.similarity(&decoded, &refs)?;
+            if model.json {
+                print_json(&json!({
+                    "model": model.model, "images": images, "texts": texts, "itm": itm, "itc": itc,
+                }));
+            } else {
+                for (i, image) in images.iter().enumerate() {
+                    for (j, text) in texts.iter().enumerate() {
+                        println!(
+                            "{image}\t{text}\titm {:.4}\titc {:.4}",
+                            itm[i][j], itc[i][j]
+                        );
+                    }
+                }
+            }
+            Ok(())
+        }
+        Command::Embed {
+            model,
+            images,
+            texts,
+        } => {
+            if images.is_empty() && texts.is_empty() {
+                return Err("give images and/or --text".into());
+            }
+            let retrieval = load_retrieval(&model)?;
+            let mut doc = json!({ "model": model.model });
+            if !images.is_empty() {
+                let decoded = load_images(&images)?;
+                let embeddings = retrieval.image_embeddings(&decoded)?;
+                doc["images"] = images
+                    .iter()
+                    .zip(embeddings)
+                    .map(|(image, e)| json!({ "image": image, "embedding": e }))
+                    .collect();
+            }
+            if !texts.is_empty() {
+                let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+                let embeddings = retrieval.text_embeddings(&refs)?;
+                doc["texts"] = texts
+                    .iter()
+                    .zip(embeddings)
+                    .map(|(text, e)| json!({ "text": text, "embedding": e }))
+                    .collect();
+            }
+            print_json(&doc);
+            Ok(())
+        }
+        Command::Inspect { model, images } => {
+            let checkpoint = Checkpoint::open(&model.model, model.revision.as_deref())?;
             println!("{}", checkpoint.summary());
             for path in images {
                 let image = load_image(&path, ImageLimits::default())?;
@@ -67,4 +314,100 @@ fn run(cli: Cli) -> blip2::Result<()> {
             Ok(())
         }
     }
+}
+
+fn device(model: &ModelArgs) -> Result<blip2::Device, AnyError> {
+    let name = match &model.backend {
+        Some(name) => name.clone(),
+        None => blip2::backend::available_backends()
+            .first()
+            .ok_or("this build of blip2 has no backend compiled in")?
+            .to_string(),
+    };
+    Ok(blip2::backend::device(&name)?)
+}
+
+fn spinner(message: String) -> ProgressBar {
+    let bar = ProgressBar::new_spinner().with_message(message);
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}
+
+fn load_blip2(model: &ModelArgs) -> Result<Blip2, AnyError> {
+    let device = device(model)?;
+    let bar = spinner(format!("loading {}", model.model));
+    let mut builder = Blip2Builder::new(&model.model).device(device);
+    if let Some(revision) = &model.revision {
+        builder = builder.revision(revision);
+    }
+    let blip2 = builder.build();
+    bar.finish_and_clear();
+    Ok(blip2?)
+}
+
+fn load_retrieval(model: &ModelArgs) -> Result<Blip2Retrieval, AnyError> {
+    let device = device(model)?;
+    let bar = spinner(format!("loading {}", model.model));
+    let checkpoint = Checkpoint::open(&model.model, model.revision.as_deref());
+    let retrieval = checkpoint.and_then(|c| Blip2Retrieval::load(&c, &device));
+    bar.finish_and_clear();
+    Ok(retrieval?)
+}
+
+fn load_images(paths: &[String]) -> Result<Vec<blip2::image::DynamicImage>, AnyError> {
+    paths
+        .iter()
+        .map(|p| load_image(p, ImageLimits::default()).map_err(Into::into))
+        .collect()
+}
+
+fn stop_reason(reason: StopReason) -> &'static str {
+    match reason {
+        StopReason::Eos => "eos",
+        StopReason::Length => "length",
+    }
+}
+
+/// One result line of the generation JSON.
+fn result_json(image: &str, prompt: Option<&str>, g: &Generation) -> Value {
+    json!({
+        "image": image,
+        "prompt": prompt,
+        "text": g.text,
+        "token_ids": g.token_ids,
+        "stop_reason": stop_reason(g.stop_reason),
+    })
+}
+
+fn print_generations(
+    model: &ModelArgs,
+    images: &[String],
+    prompts: &[String],
+    out: &[Vec<Generation>],
+) -> Result<(), AnyError> {
+    let prompt_of = |i: usize| match prompts.len() {
+        0 => None,
+        1 => Some(prompts[0].as_str()),
+        _ => Some(prompts[i].as_str()),
+    };
+    if model.json {
+        let results: Vec<Value> = out
+            .iter()
+            .enumerate()
+            .flat_map(|(i, gens)| gens.iter().map(move |g| (i, g)))
+            .map(|(i, g)| result_json(&images[i], prompt_of(i), g))
+            .collect();
+        print_json(&json!({ "model": model.model, "results": results }));
+    } else {
+        for (i, gens) in out.iter().enumerate() {
+            for g in gens {
+                println!("{}\t{}", images[i], g.text);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_json(value: &Value) {
+    println!("{value}");
 }

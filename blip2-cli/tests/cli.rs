@@ -1,0 +1,346 @@
+//! The `blip2` binary on the committed tiny fixtures: `--json` output parsed and compared with
+//! transformers' goldens, dataset captioning with `--shard` and `--resume` over a folder with a
+//! corrupt image, and one-line errors.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
+}
+
+fn fixture(p: &str) -> String {
+    fixtures().join(p).display().to_string()
+}
+
+fn blip2(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_blip2"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn json(out: &Output) -> Value {
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout.clone()).unwrap();
+    assert_eq!(
+        text.trim().lines().count(),
+        1,
+        "--json prints one document: {text}"
+    );
+    serde_json::from_str(&text).unwrap()
+}
+
+fn golden_case(fixture_name: &str, name: &str) -> Value {
+    let text =
+        std::fs::read_to_string(fixtures().join(fixture_name).join("generation.json")).unwrap();
+    let meta: Value = serde_json::from_str(&text).unwrap();
+    meta["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap()
+        .clone()
+}
+
+#[test]
+fn caption_json_matches_transformers() {
+    let model = fixture("tiny-opt");
+    let image = fixture("images/rgb_96x64.png");
+    let doc = json(&blip2(&[
+        "caption",
+        "--model",
+        &model,
+        "--max-new-tokens",
+        "12",
+        "--json",
+        &image,
+    ]));
+    assert_eq!(doc["model"], model.as_str());
+    let r = &doc["results"][0];
+    assert_eq!(r["image"], image.as_str());
+    assert!(r["prompt"].is_null());
+    assert_eq!(
+        r["token_ids"],
+        golden_case("tiny-opt", "caption_greedy")["new_tokens"][0]
+    );
+    assert_eq!(r["stop_reason"], "length");
+}
+
+#[test]
+fn generate_with_prompt_per_image_and_beams() {
+    let case = golden_case("tiny-opt", "batch_padded");
+    let images: Vec<String> = case["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| fixture(p.as_str().unwrap()))
+        .collect();
+    let prompts: Vec<&str> = case["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    let model = fixture("tiny-opt");
+    let mut args = vec![
+        "generate",
+        "--model",
+        &model,
+        "--max-new-tokens",
+        "8",
+        "--json",
+    ];
+    for p in &prompts {
+        args.extend(["--prompt", p]);
+    }
+    args.extend(images.iter().map(String::as_str));
+    let doc = json(&blip2(&args));
+    let ids: Vec<Value> = doc["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["token_ids"].clone())
+        .collect();
+    assert_eq!(Value::Array(ids), case["new_tokens"]);
+    assert_eq!(doc["results"][1]["prompt"], prompts[1]);
+
+    let beams = golden_case("tiny-opt", "beam3_two_returned");
+    let doc = json(&blip2(&[
+        "generate",
+        "--model",
+        &model,
+        "--max-new-tokens",
+        "8",
+        "--num-beams",
+        "3",
+        "--num-return-sequences",
+        "2",
+        "--prompt",
+        "a photo of",
+        "--json",
+        &images[0],
+    ]));
+    let ids: Vec<Value> = doc["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["token_ids"].clone())
+        .collect();
+    assert_eq!(Value::Array(ids), beams["new_tokens"]);
+}
+
+#[test]
+fn ask_works_with_t5() {
+    let case = golden_case("tiny-t5", "vqa_greedy");
+    let doc = json(&blip2(&[
+        "ask",
+        "--model",
+        &fixture("tiny-t5"),
+        "--question",
+        "what is in the picture?",
+        "--max-new-tokens",
+        "10",
+        "--json",
+        &fixture("images/rgb_96x64.png"),
+    ]));
+    assert_eq!(doc["results"][0]["token_ids"], case["new_tokens"][0]);
+}
+
+#[test]
+fn match_and_embed() {
+    let model = fixture("tiny-itm");
+    let images = [
+        fixture("images/palette_48x48.png"),
+        fixture("images/rgb_96x64.png"),
+    ];
+    let doc = json(&blip2(&[
+        "match",
+        "--model",
+        &model,
+        "--text",
+        "a photo of a cat",
+        "--text",
+        "a red car",
+        "--json",
+        &images[0],
+        &images[1],
+    ]));
+    assert_eq!(doc["itm"].as_array().unwrap().len(), 2);
+    assert_eq!(doc["itc"][0].as_array().unwrap().len(), 2);
+    let p = doc["itm"][0][0].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&p));
+    let doc = json(&blip2(&[
+        "embed", "--model", &model, "--text", "a cat", &images[0],
+    ]));
+    assert_eq!(doc["images"][0]["embedding"].as_array().unwrap().len(), 8);
+    assert_eq!(doc["texts"][0]["embedding"].as_array().unwrap().len(), 16);
+}
+
+fn read_lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn dataset_with_shards_resume_and_a_corrupt_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("images");
+    std::fs::create_dir(&data).unwrap();
+    for name in [
+        "rgb_96x64.png",
+        "rgba_64x64.png",
+        "grey_70x50.png",
+        "palette_48x48.png",
+    ] {
+        std::fs::copy(fixtures().join("images").join(name), data.join(name)).unwrap();
+    }
+    std::fs::write(data.join("broken.png"), b"not a png").unwrap();
+    std::fs::write(data.join("notes.txt"), b"ignored").unwrap();
+    let model = fixture("tiny-opt");
+    let data_s = data.display().to_string();
+
+    // Two shards cover the five images exactly once.
+    let mut seen = Vec::new();
+    for shard in ["0/2", "1/2"] {
+        let out = dir.path().join(format!("shard{}.jsonl", &shard[..1]));
+        let o = blip2(&[
+            "caption",
+            "--model",
+            &model,
+            "--dir",
+            &data_s,
+            "--output",
+            out.to_str().unwrap(),
+            "--shard",
+            shard,
+            "--batch-size",
+            "2",
+            "--max-new-tokens",
+            "4",
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        seen.extend(read_lines(&out));
+    }
+    assert_eq!(seen.len(), 5);
+    let broken: Vec<&Value> = seen.iter().filter(|l| l.get("error").is_some()).collect();
+    assert_eq!(broken.len(), 1);
+    assert!(broken[0]["image"].as_str().unwrap().ends_with("broken.png"));
+    assert!(seen
+        .iter()
+        .filter(|l| l.get("text").is_some())
+        .all(|l| l["token_ids"].as_array().unwrap().len() == 4));
+
+    // Resume: an interrupted run (two lines written) is completed without redoing them.
+    let out = dir.path().join("all.jsonl");
+    let all = blip2(&[
+        "caption",
+        "--model",
+        &model,
+        "--dir",
+        &data_s,
+        "--output",
+        out.to_str().unwrap(),
+        "--max-new-tokens",
+        "4",
+    ]);
+    assert!(all.status.success());
+    let full = read_lines(&out);
+    assert_eq!(full.len(), 5);
+    let text = std::fs::read_to_string(&out).unwrap();
+    let first_two: String = text.lines().take(2).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&out, format!("{first_two}{{\"image\": \"cut sh")).unwrap();
+    let resumed = blip2(&[
+        "caption",
+        "--model",
+        &model,
+        "--dir",
+        &data_s,
+        "--output",
+        out.to_str().unwrap(),
+        "--resume",
+        "--max-new-tokens",
+        "4",
+    ]);
+    assert!(resumed.status.success());
+    let lines: Vec<Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert_eq!(lines.len(), 5, "{lines:?}");
+    let mut images: Vec<&str> = lines.iter().map(|l| l["image"].as_str().unwrap()).collect();
+    images.sort();
+    images.dedup();
+    assert_eq!(images.len(), 5);
+    // Same captions as the uninterrupted run.
+    for l in &lines {
+        let same = full.iter().find(|f| f["image"] == l["image"]).unwrap();
+        assert_eq!(same, l);
+    }
+}
+
+#[test]
+fn errors_are_one_line() {
+    let image = fixture("images/rgb_96x64.png");
+    for args in [
+        vec!["caption", "--model", "/no/such/model", image.as_str()],
+        vec![
+            "caption",
+            "--model",
+            &fixture("tiny-opt"),
+            "/no/such/image.png",
+        ],
+        vec![
+            "match",
+            "--model",
+            &fixture("tiny-opt"),
+            "--text",
+            "a cat",
+            image.as_str(),
+        ],
+        vec![
+            "caption",
+            "--model",
+            &fixture("tiny-opt"),
+            "--backend",
+            "nope",
+            image.as_str(),
+        ],
+        vec![
+            "caption",
+            "--model",
+            &fixture("tiny-opt"),
+            "--top-p",
+            "2",
+            "--do-sample",
+            image.as_str(),
+        ],
+        vec![
+            "caption",
+            "--model",
+            &fixture("tiny-opt"),
+            "--dir",
+            "/tmp",
+            "--shard",
+            "3/2",
+        ],
+    ] {
+        let out = blip2(&args);
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with("error: "), "{err}");
+        assert!(!err.contains("panicked"));
+    }
+}

@@ -1,0 +1,41 @@
+//! Choosing a backend at run time among those compiled in (cargo features `flex`, `ndarray`,
+//! `wgpu`).
+
+use blip2_core::{Error, Result};
+use burn::tensor::Device;
+
+/// Names of the backends this build of `blip2` includes, default first.
+pub fn available_backends() -> Vec<&'static str> {
+    let mut names = Vec::new();
+    if cfg!(feature = "flex") {
+        names.push("flex");
+    }
+    if cfg!(feature = "ndarray") {
+        names.push("ndarray");
+    }
+    if cfg!(feature = "wgpu") {
+        names.push("wgpu");
+    }
+    names
+}
+
+/// The device of backend `name` (`"flex"`, `"ndarray"`, `"wgpu"`); an error listing the
+/// available ones when this build does not include it.
+pub fn device(name: &str) -> Result<Device> {
+    let device = match name {
+        #[cfg(feature = "flex")]
+        "flex" => Some(Device::flex()),
+        #[cfg(feature = "ndarray")]
+        #[allow(deprecated)]
+        "ndarray" => Some(Device::ndarray()),
+        #[cfg(feature = "wgpu")]
+        "wgpu" => Some(Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)),
+        _ => None,
+    };
+    device.ok_or_else(|| {
+        Error::InvalidInput(format!(
+            "backend {name:?} is not compiled in; available: {} (enable others with cargo features)",
+            available_backends().join(", ")
+        ))
+    })
+}
