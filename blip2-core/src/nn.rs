@@ -5,10 +5,10 @@ use burn::module::Param;
 use burn::nn::{LayerNorm, LayerNormConfig, Linear};
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{activation, Bool, Device, Tensor, TensorData};
+use burn::tensor::{activation, Bool, Device, Int, Tensor, TensorData};
 
 use crate::config::Activation;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::weights::Weights;
 
 /// A tensor from weight data, on `device`.
@@ -121,4 +121,32 @@ pub fn attend(
         bias.map(|b| b.expand(shape)),
         options,
     )
+}
+
+/// Looks up equal-length rows of token ids in an embedding table `[vocab, dim]`:
+/// `[rows, len, dim]`. Rows of different lengths, or ids outside the vocabulary, are errors.
+pub fn embed_rows(table: &Tensor<2>, ids: &[Vec<u32>]) -> Result<Tensor<3>> {
+    let rows = ids.len();
+    let len = ids.first().map_or(0, Vec::len);
+    if ids.iter().any(|r| r.len() != len) {
+        return Err(Error::InvalidInput(
+            "token rows of different lengths".to_owned(),
+        ));
+    }
+    let [vocab, dim] = table.dims();
+    if let Some(bad) = ids.iter().flatten().find(|&&t| t as usize >= vocab) {
+        return Err(Error::InvalidInput(format!(
+            "token id {bad} is outside the vocabulary ({vocab})"
+        )));
+    }
+    let flat: Vec<i64> = ids.iter().flatten().map(|&t| t as i64).collect();
+    Ok(table
+        .clone()
+        .select(0, index_tensor(&flat, &table.device()))
+        .reshape([rows, len, dim]))
+}
+
+/// A 1-D integer tensor of indices, for `select`.
+pub fn index_tensor(indices: &[i64], device: &Device) -> Tensor<1, Int> {
+    Tensor::from_data(TensorData::new(indices.to_vec(), [indices.len()]), device)
 }

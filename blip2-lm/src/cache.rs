@@ -2,7 +2,7 @@
 //! written in place, so a decoding step costs one slice write per layer instead of a copy of the
 //! whole prefix.
 
-use burn::tensor::{s, Device, Int, Tensor, TensorData};
+use burn::tensor::{s, Device, Tensor};
 
 /// Keys and values of every layer for a batch of rows.
 #[derive(Debug, Clone)]
@@ -75,13 +75,8 @@ impl KvCache {
             return;
         };
         let device = k.device();
-        let index = Tensor::<1, Int>::from_data(
-            TensorData::new(
-                rows.iter().map(|&r| r as i64).collect::<Vec<_>>(),
-                [rows.len()],
-            ),
-            &device,
-        );
+        let rows: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+        let index = blip2_core::nn::index_tensor(&rows, &device);
         for (k, v) in &mut self.layers {
             *k = k.clone().select(0, index.clone());
             *v = v.clone().select(0, index.clone());

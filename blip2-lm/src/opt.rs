@@ -245,28 +245,7 @@ impl LanguageModel for OptForCausalLM {
     }
 
     fn embed_tokens(&self, ids: &[Vec<u32>]) -> Result<Tensor<3>> {
-        let rows = ids.len();
-        let len = ids.first().map_or(0, Vec::len);
-        if ids.iter().any(|r| r.len() != len) {
-            return Err(Error::InvalidInput(
-                "token rows of different lengths".to_owned(),
-            ));
-        }
-        let vocab = self.vocab_size();
-        if let Some(bad) = ids.iter().flatten().find(|&&t| t as usize >= vocab) {
-            return Err(Error::InvalidInput(format!(
-                "token id {bad} is outside the vocabulary ({vocab})"
-            )));
-        }
-        let flat: Vec<i64> = ids.iter().flatten().map(|&t| t as i64).collect();
-        let index =
-            Tensor::<1, Int>::from_data(TensorData::new(flat, [rows * len]), &self.device());
-        let dim = self.embed_tokens.dims()[1];
-        Ok(self
-            .embed_tokens
-            .val()
-            .select(0, index)
-            .reshape([rows, len, dim]))
+        nn::embed_rows(&self.embed_tokens.val(), ids)
     }
 
     fn prefill(

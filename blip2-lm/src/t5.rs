@@ -6,7 +6,7 @@ use blip2_core::error::{Error, Result};
 use blip2_core::{nn, Weights};
 use burn::module::{Module, Param};
 use burn::nn::Linear;
-use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use burn::tensor::{Bool, Device, Tensor, TensorData};
 
 use crate::cache::KvCache;
 use crate::LanguageModel;
@@ -389,24 +389,7 @@ impl LanguageModel for T5ForConditionalGeneration {
     }
 
     fn embed_tokens(&self, ids: &[Vec<u32>]) -> Result<Tensor<3>> {
-        let rows = ids.len();
-        let len = ids.first().map_or(0, Vec::len);
-        if ids.iter().any(|r| r.len() != len) {
-            return Err(Error::InvalidInput(
-                "token rows of different lengths".to_owned(),
-            ));
-        }
-        let vocab = self.vocab_size();
-        if let Some(bad) = ids.iter().flatten().find(|&&t| t as usize >= vocab) {
-            return Err(Error::InvalidInput(format!(
-                "token id {bad} is outside the vocabulary ({vocab})"
-            )));
-        }
-        let flat: Vec<i64> = ids.iter().flatten().map(|&t| t as i64).collect();
-        let index =
-            Tensor::<1, Int>::from_data(TensorData::new(flat, [rows * len]), &self.device());
-        let dim = self.shared.dims()[1];
-        Ok(self.shared.val().select(0, index).reshape([rows, len, dim]))
+        nn::embed_rows(&self.shared.val(), ids)
     }
 
     fn prefill(
@@ -467,14 +450,8 @@ impl LanguageModel for T5ForConditionalGeneration {
 
     fn reorder(&self, state: &mut T5State, rows: &[usize]) {
         state.cache.select_rows(rows);
-        let device = self.device();
-        let index = Tensor::<1, Int>::from_data(
-            TensorData::new(
-                rows.iter().map(|&r| r as i64).collect::<Vec<_>>(),
-                [rows.len()],
-            ),
-            &device,
-        );
+        let rows: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+        let index = nn::index_tensor(&rows, &self.device());
         for (k, v) in &mut state.cross {
             *k = k.clone().select(0, index.clone());
             *v = v.clone().select(0, index.clone());
