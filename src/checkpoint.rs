@@ -18,9 +18,17 @@ pub struct Checkpoint {
 
 impl Checkpoint {
     /// Finds and opens `model` (a path, or a hub id in the HF cache) at `revision` (default
-    /// `main`). Never touches the network.
+    /// `main`). Without the `download` feature this never touches the network; with it, a hub id
+    /// missing from the cache is downloaded into it.
     pub fn open(model: &str, revision: Option<&str>) -> Result<Self> {
-        let path = resolve_local(model, revision)?;
+        let path = match resolve_local(model, revision) {
+            Ok(path) => path,
+            #[cfg(feature = "download")]
+            Err(blip2_core::Error::ModelNotFound { .. }) if blip2_hub::is_hub_id(model) => {
+                blip2_hub::download(model, revision.unwrap_or("main"))?
+            }
+            Err(e) => return Err(e),
+        };
         let dir = ModelDir::open(&path)?;
         let weights = dir.weights()?;
         let processor = ImageProcessor::new(dir.preprocessor().clone())?;

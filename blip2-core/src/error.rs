@@ -66,6 +66,15 @@ pub enum Error {
         hint: String,
     },
 
+    /// Downloading a model from the Hugging Face hub failed (feature `download`).
+    #[error("cannot download {model:?} from the Hugging Face hub: {reason}")]
+    Download {
+        /// The hub id.
+        model: String,
+        /// What went wrong.
+        reason: String,
+    },
+
     /// A model folder holds only pickled PyTorch weights, which are never executed.
     #[error(
         "{dir} has only PyTorch pickle weights ({file}); pickles can run arbitrary code and are never loaded. \

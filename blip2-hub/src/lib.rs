@@ -5,13 +5,18 @@
 //! - [`SafetensorsWeights`]: single or sharded safetensors, memory-mapped, converted to the
 //!   requested dtype when a tensor is read; implements [`blip2_core::WeightSource`].
 //! - [`load_tokenizer`]: `tokenizer.json` through the `tokenizers` crate.
+//! - `download` (feature `download`): fetch a model missing from the HF cache from the hub.
 #![warn(missing_docs)]
 
+#[cfg(feature = "download")]
+mod download;
 mod model_dir;
 mod safetensors;
 mod source;
 mod tokenizer;
 
+#[cfg(feature = "download")]
+pub use download::download;
 pub use model_dir::ModelDir;
 pub use safetensors::{SafetensorsWeights, INDEX_FILE, SINGLE_FILE};
 pub use source::{find_in_cache, hf_cache_dir, is_hub_id, resolve_local};

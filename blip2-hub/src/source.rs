@@ -86,8 +86,8 @@ pub fn resolve_local(model: &str, revision: Option<&str>) -> Result<PathBuf> {
         searched,
         hint: if is_hub_id(model) {
             format!(
-                "Download it first (this crate never touches the network), e.g. \
-                 `huggingface-cli download {model}`, or pass a local folder"
+                "Download it first, e.g. `huggingface-cli download {model}`, or build blip2 \
+                 with the `download` feature to fetch it, or pass a local folder"
             )
         } else {
             "Pass a folder with config.json and the weights, or a hub id such as \
