@@ -9,7 +9,7 @@ pub mod generation;
 pub mod opt;
 pub mod t5;
 
-use blip2_core::Result;
+use blip2_core::{Error, Result};
 use burn::tensor::Tensor;
 
 pub use generation::{generate, GeneratedSequence, GenerationConfig, StopReason};
@@ -46,4 +46,21 @@ pub trait LanguageModel: Send + Sync {
 
     /// Keeps rows `rows` of the state, in that order (repeats allowed).
     fn reorder(&self, state: &mut Self::State, rows: &[usize]);
+}
+
+/// Checks a prefill's inputs: at least one row, a non-empty prompt, and a mask of the same shape.
+pub(crate) fn check_prompt(
+    embeds: &Tensor<3>,
+    attention_mask: &[Vec<bool>],
+) -> Result<(usize, usize)> {
+    let [rows, len, _] = embeds.dims();
+    if rows == 0 || len == 0 {
+        return Err(Error::InvalidInput("an empty prompt batch".to_owned()));
+    }
+    if attention_mask.len() != rows || attention_mask.iter().any(|m| m.len() != len) {
+        return Err(Error::InvalidInput(
+            "attention mask does not match the inputs".to_owned(),
+        ));
+    }
+    Ok((rows, len))
 }

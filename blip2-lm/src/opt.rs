@@ -5,7 +5,7 @@ use blip2_core::error::{Error, Result};
 use blip2_core::{nn, Weights};
 use burn::module::{Module, Param};
 use burn::nn::{LayerNorm, Linear};
-use burn::tensor::{s, Bool, Device, Int, Tensor, TensorData};
+use burn::tensor::{s, Bool, Device, Tensor, TensorData};
 
 use crate::cache::KvCache;
 use crate::LanguageModel;
@@ -197,16 +197,11 @@ impl OptForCausalLM {
     ) -> Tensor<2> {
         let [rows, new, _] = embeds.dims();
         let device = self.device();
-        let ids = Tensor::<1, Int>::from_data(
-            TensorData::new(
-                positions
-                    .iter()
-                    .map(|p| p + OptConfig::POSITION_OFFSET as i64)
-                    .collect::<Vec<_>>(),
-                [rows * new],
-            ),
-            &device,
-        );
+        let offset: Vec<i64> = positions
+            .iter()
+            .map(|p| p + OptConfig::POSITION_OFFSET as i64)
+            .collect();
+        let ids = nn::index_tensor(&offset, &device);
         let hidden = self.embed_positions.dims()[1];
         let pos = self
             .embed_positions
@@ -254,16 +249,8 @@ impl LanguageModel for OptForCausalLM {
         attention_mask: &[Vec<bool>],
         max_new_tokens: usize,
     ) -> Result<(OptState, Tensor<2>)> {
-        let [rows, len, _] = embeds.dims();
+        let (rows, len) = crate::check_prompt(&embeds, attention_mask)?;
         let capacity = len + max_new_tokens;
-        if rows == 0 || len == 0 {
-            return Err(Error::InvalidInput("an empty prompt batch".to_owned()));
-        }
-        if attention_mask.len() != rows || attention_mask.iter().any(|m| m.len() != len) {
-            return Err(Error::InvalidInput(
-                "attention mask does not match the inputs".to_owned(),
-            ));
-        }
         // transformers: positions = cumsum(mask) * mask - 1, so padding takes no position.
         let mut positions = Vec::with_capacity(rows * len);
         let mut next_position = Vec::with_capacity(rows);

@@ -398,15 +398,7 @@ impl LanguageModel for T5ForConditionalGeneration {
         attention_mask: &[Vec<bool>],
         max_new_tokens: usize,
     ) -> Result<(T5State, Tensor<2>)> {
-        let [rows, len, _] = embeds.dims();
-        if rows == 0 || len == 0 {
-            return Err(Error::InvalidInput("an empty prompt batch".to_owned()));
-        }
-        if attention_mask.len() != rows || attention_mask.iter().any(|m| m.len() != len) {
-            return Err(Error::InvalidInput(
-                "attention mask does not match the inputs".to_owned(),
-            ));
-        }
+        let (rows, len) = crate::check_prompt(&embeds, attention_mask)?;
         let device = self.device();
         let padding: Vec<bool> = attention_mask.iter().flatten().map(|keep| !keep).collect();
         let padding =

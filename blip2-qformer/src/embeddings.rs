@@ -5,7 +5,7 @@ use blip2_core::config::QFormerConfig;
 use blip2_core::error::{Error, Result};
 use blip2_core::{nn, Weights};
 use burn::module::{Module, Param};
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Tensor};
 
 /// Word and position embeddings (keys `embeddings.word_embeddings` / `position_embeddings`).
 #[derive(Module, Debug)]
@@ -54,20 +54,8 @@ impl Blip2TextEmbeddings {
                 self.max_positions()
             )));
         }
-        let [vocab, hidden] = self.word_embeddings.dims();
-        if let Some(bad) = ids.iter().flatten().find(|&&t| t as usize >= vocab) {
-            return Err(Error::InvalidInput(format!(
-                "token id {bad} is outside the vocabulary ({vocab})"
-            )));
-        }
-        let device = self.word_embeddings.val().device();
-        let flat: Vec<i64> = ids.iter().flatten().map(|&t| t as i64).collect();
-        let index = Tensor::<1, Int>::from_data(TensorData::new(flat, [rows * len]), &device);
-        let words = self
-            .word_embeddings
-            .val()
-            .select(0, index)
-            .reshape([rows, len, hidden]);
+        let hidden = self.word_embeddings.dims()[1];
+        let words = nn::embed_rows(&self.word_embeddings.val(), ids)?;
         let positions = self
             .position_embeddings
             .val()

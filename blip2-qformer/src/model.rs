@@ -66,12 +66,7 @@ impl Blip2QFormerModel {
         if batch == 0 {
             return Err(Error::InvalidInput("a batch of zero images".to_owned()));
         }
-        if width != self.encoder_hidden_size {
-            return Err(Error::InvalidInput(format!(
-                "image features are {width} wide, the Q-Former cross-attends to {}",
-                self.encoder_hidden_size
-            )));
-        }
+        self.check_image_width(width)?;
         let [_, n, hidden] = self.query_tokens.dims();
         let queries = self.query_tokens.val().expand([batch, n, hidden]);
         let image = ImageContext {
@@ -107,12 +102,7 @@ impl Blip2QFormerModel {
                 text_embeds.dims()[0]
             )));
         }
-        if width != self.encoder_hidden_size {
-            return Err(Error::InvalidInput(format!(
-                "image features are {width} wide, the Q-Former cross-attends to {}",
-                self.encoder_hidden_size
-            )));
-        }
+        self.check_image_width(width)?;
         let [_, n, hidden] = self.query_tokens.dims();
         let queries = self.query_tokens.val().expand([batch, n, hidden]);
         let device = text_embeds.device();
@@ -123,6 +113,16 @@ impl Blip2QFormerModel {
             mask: None,
         };
         Ok(self.forward_embeddings(embeds, n, Some(mask), Some(&image)))
+    }
+
+    fn check_image_width(&self, width: usize) -> Result<()> {
+        if width != self.encoder_hidden_size {
+            return Err(Error::InvalidInput(format!(
+                "image features are {width} wide, the Q-Former cross-attends to {}",
+                self.encoder_hidden_size
+            )));
+        }
+        Ok(())
     }
 
     fn check_text(&self, text_embeds: &Tensor<3>, padding: &[Vec<bool>]) -> Result<()> {
