@@ -2,10 +2,10 @@
 
 use blip2_core::image::PixelValues;
 use blip2_core::nn;
+use blip2_core::nn::Dense;
 use blip2_core::{Blip2Config, Error, Result, WeightDType, Weights};
 use blip2_qformer::Blip2QFormerModel;
 use blip2_vision::Blip2VisionModel;
-use burn::nn::Linear;
 use burn::tensor::{Device, Tensor};
 
 use crate::Checkpoint;
@@ -19,7 +19,7 @@ use crate::Checkpoint;
 pub struct ImageEncoder {
     vision: Blip2VisionModel,
     qformer: Blip2QFormerModel,
-    language_projection: Option<Linear>,
+    language_projection: Option<Dense>,
     device: Device,
 }
 

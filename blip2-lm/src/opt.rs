@@ -2,9 +2,10 @@
 
 use blip2_core::config::{Activation, OptConfig};
 use blip2_core::error::{Error, Result};
+use blip2_core::nn::Dense;
 use blip2_core::{nn, Weights};
 use burn::module::{Module, Param};
-use burn::nn::{LayerNorm, Linear};
+use burn::nn::LayerNorm;
 use burn::tensor::{s, Bool, Device, Tensor, TensorData};
 
 use crate::cache::KvCache;
@@ -13,10 +14,10 @@ use crate::LanguageModel;
 /// `OPTAttention`: q (scaled by `head_dim^-0.5`), k, v and out projections with biases.
 #[derive(Module, Debug)]
 pub struct OptAttention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    out_proj: Linear,
+    q_proj: Dense,
+    k_proj: Dense,
+    v_proj: Dense,
+    out_proj: Dense,
     num_heads: usize,
 }
 
@@ -55,8 +56,8 @@ impl OptAttention {
 pub struct OptDecoderLayer {
     self_attn: OptAttention,
     self_attn_layer_norm: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
+    fc1: Dense,
+    fc2: Dense,
     final_layer_norm: LayerNorm,
     pre_norm: bool,
     #[module(skip)]
@@ -116,8 +117,8 @@ impl OptDecoderLayer {
 pub struct OptForCausalLM {
     embed_tokens: Param<Tensor<2>>,
     embed_positions: Param<Tensor<2>>,
-    project_in: Option<Linear>,
-    project_out: Option<Linear>,
+    project_in: Option<Dense>,
+    project_out: Option<Dense>,
     layers: Vec<OptDecoderLayer>,
     final_layer_norm: Option<LayerNorm>,
     /// `[vocab, embed_dim]`, PyTorch's layout; used transposed.
@@ -224,7 +225,7 @@ impl OptForCausalLM {
         if let Some(p) = &self.project_out {
             last = p.forward(last);
         }
-        last.matmul(self.lm_head.val().transpose())
+        nn::project(last, self.lm_head.val())
     }
 }
 

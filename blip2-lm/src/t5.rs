@@ -3,9 +3,9 @@
 
 use blip2_core::config::{Activation, T5Config};
 use blip2_core::error::{Error, Result};
+use blip2_core::nn::Dense;
 use blip2_core::{nn, Weights};
 use burn::module::{Module, Param};
-use burn::nn::Linear;
 use burn::tensor::{Bool, Device, Tensor, TensorData};
 
 use crate::cache::KvCache;
@@ -38,10 +38,10 @@ impl T5LayerNorm {
 /// `v`, `o` without biases, and no `1/sqrt(d)` scaling.
 #[derive(Module, Debug)]
 pub struct T5Attention {
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    o: Linear,
+    q: Dense,
+    k: Dense,
+    v: Dense,
+    o: Dense,
     num_heads: usize,
 }
 
@@ -81,10 +81,10 @@ impl T5Attention {
 /// `T5LayerFF`: RMS norm, then `wo(act(wi_0 x) * wi_1 x)` (gated) or `wo(act(wi x))`, residual.
 #[derive(Module, Debug)]
 pub struct T5LayerFF {
-    wi: Option<Linear>,
-    wi_0: Option<Linear>,
-    wi_1: Option<Linear>,
-    wo: Linear,
+    wi: Option<Dense>,
+    wi_0: Option<Dense>,
+    wi_1: Option<Dense>,
+    wo: Dense,
     layer_norm: T5LayerNorm,
     #[module(skip)]
     activation: Activation,
@@ -373,7 +373,7 @@ impl T5ForConditionalGeneration {
         if let Some(scale) = self.output_scale {
             x = x * scale;
         }
-        Ok(x.matmul(self.lm_head.val().transpose()))
+        Ok(nn::project(x, self.lm_head.val()))
     }
 }
 

@@ -2,18 +2,19 @@
 
 use blip2_core::config::QFormerConfig;
 use blip2_core::error::Result;
+use blip2_core::nn::Dense;
 use blip2_core::{nn, Weights};
 use burn::module::Module;
-use burn::nn::{LayerNorm, Linear};
+use burn::nn::LayerNorm;
 use burn::tensor::{Bool, Device, Tensor};
 
 /// BERT multi-head attention with separate `query`/`key`/`value`; as cross-attention its keys
 /// and values come from the image features (`encoder_hidden_size` wide).
 #[derive(Module, Debug)]
 pub struct Blip2QFormerMultiHeadAttention {
-    query: Linear,
-    key: Linear,
-    value: Linear,
+    query: Dense,
+    key: Dense,
+    value: Dense,
     num_heads: usize,
 }
 
@@ -47,7 +48,7 @@ impl Blip2QFormerMultiHeadAttention {
 /// `LayerNorm(dense(x) + residual)` (post-norm, as BERT).
 #[derive(Module, Debug)]
 pub struct Blip2QFormerSelfOutput {
-    dense: Linear,
+    dense: Dense,
     layer_norm: LayerNorm,
 }
 

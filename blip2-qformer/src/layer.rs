@@ -3,9 +3,9 @@
 
 use blip2_core::config::{Activation, QFormerConfig};
 use blip2_core::error::Result;
+use blip2_core::nn::Dense;
 use blip2_core::{nn, Weights};
 use burn::module::Module;
-use burn::nn::Linear;
 use burn::tensor::{s, Bool, Device, Tensor};
 
 use crate::attention::{Blip2QFormerAttention, Blip2QFormerSelfOutput};
@@ -14,7 +14,7 @@ use crate::attention::{Blip2QFormerAttention, Blip2QFormerSelfOutput};
 /// dense, then `LayerNorm(x + residual)`.
 #[derive(Module, Debug)]
 pub struct Blip2QFormerFeedForward {
-    intermediate: Linear,
+    intermediate: Dense,
     output: Blip2QFormerSelfOutput,
     #[module(skip)]
     activation: Activation,

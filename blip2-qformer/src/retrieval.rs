@@ -3,9 +3,9 @@
 
 use blip2_core::config::Blip2Config;
 use blip2_core::error::Result;
+use blip2_core::nn::Dense;
 use blip2_core::{nn, Weights};
 use burn::module::Module;
-use burn::nn::Linear;
 use burn::tensor::{Device, Tensor};
 
 use crate::embeddings::Blip2TextEmbeddings;
@@ -15,9 +15,9 @@ use crate::embeddings::Blip2TextEmbeddings;
 pub struct RetrievalHeads {
     /// The Q-Former's text embeddings.
     pub embeddings: Blip2TextEmbeddings,
-    vision_projection: Linear,
-    text_projection: Linear,
-    itm_head: Linear,
+    vision_projection: Dense,
+    text_projection: Dense,
+    itm_head: Dense,
 }
 
 impl RetrievalHeads {

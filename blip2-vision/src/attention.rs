@@ -2,9 +2,9 @@
 
 use blip2_core::config::VisionConfig;
 use blip2_core::error::{Error, Result};
+use blip2_core::nn::Dense;
 use blip2_core::{nn, Weights};
-use burn::module::{Module, Param};
-use burn::nn::Linear;
+use burn::module::Module;
 use burn::tensor::{s, Device, Tensor, TensorData};
 
 /// Reads the fused `qkv` bias `[3 * hidden]` of one attention block, whichever way the
@@ -46,8 +46,8 @@ fn data_err(e: burn::tensor::DataError) -> Error {
 /// softmax attention scaled by `head_dim^-0.5`, output `projection`.
 #[derive(Module, Debug)]
 pub struct Blip2Attention {
-    qkv: Linear,
-    projection: Linear,
+    qkv: Dense,
+    projection: Dense,
     num_heads: usize,
 }
 
@@ -55,11 +55,14 @@ impl Blip2Attention {
     /// Loads the block under `w` (`...self_attn`).
     pub fn load(w: &Weights, config: &VisionConfig, device: &Device) -> Result<Self> {
         let hidden = config.hidden_size;
-        let mut qkv = nn::linear(&w.pp("qkv"), hidden, 3 * hidden, false, device)?;
-        if config.qkv_bias {
+        let weight = nn::tensor(w.get("qkv.weight", &[3 * hidden, hidden])?, device);
+        let bias = if config.qkv_bias {
             let bias = read_qkv_bias(w, hidden)?.ok_or_else(|| w.missing("qkv.bias"))?;
-            qkv.bias = Some(Param::from_tensor(nn::tensor(bias, device)));
-        }
+            Some(nn::tensor(bias, device))
+        } else {
+            None
+        };
+        let qkv = Dense::new(weight, bias);
         Ok(Blip2Attention {
             qkv,
             projection: nn::linear(&w.pp("projection"), hidden, hidden, true, device)?,

@@ -2,9 +2,10 @@
 
 use blip2_core::config::{Activation, VisionConfig};
 use blip2_core::error::Result;
+use blip2_core::nn::Dense;
 use blip2_core::{nn, Weights};
 use burn::module::Module;
-use burn::nn::{LayerNorm, Linear};
+use burn::nn::LayerNorm;
 use burn::tensor::{Device, Tensor};
 
 use crate::attention::Blip2Attention;
@@ -12,8 +13,8 @@ use crate::attention::Blip2Attention;
 /// `fc1` → activation (exact GELU for EVA-CLIP) → `fc2`.
 #[derive(Module, Debug)]
 pub struct Blip2Mlp {
-    fc1: Linear,
-    fc2: Linear,
+    fc1: Dense,
+    fc2: Dense,
     #[module(skip)]
     activation: Activation,
 }
