@@ -43,7 +43,7 @@ pub use blip2_lm::{GenerationConfig, StopReason};
 pub use burn::tensor::{Device, Tensor};
 pub use checkpoint::{Checkpoint, CheckpointSummary};
 pub use encoder::{ImageEmbeddings, ImageEncoder};
-pub use model::{Blip2, Blip2Builder, Generation, TextModel, DEFAULT_QUESTION_TEMPLATE};
+pub use model::{Blip2, Blip2Builder, Generation, TextModel, Timings, DEFAULT_QUESTION_TEMPLATE};
 pub use retrieval::{Blip2Retrieval, RankedText, TokenizedTexts};
 
 /// Lower-level generation pieces: the language-model trait, prompts, sequences.

@@ -7,10 +7,11 @@ use blip2_hub::Tokenizer;
 use blip2_lm::generation::Prompt;
 use blip2_lm::{
     generate, GeneratedSequence, GenerationConfig, LanguageModel, OptForCausalLM, StopReason,
-    T5ForConditionalGeneration,
+    T5ForConditionalGeneration, Timed,
 };
 use burn::tensor::{Device, Tensor};
 use image::DynamicImage;
+use std::time::{Duration, Instant};
 
 use crate::{Checkpoint, ImageEmbeddings, ImageEncoder};
 
@@ -52,6 +53,33 @@ pub struct Generation {
     pub token_ids: Vec<u32>,
     /// Why generation stopped.
     pub stop_reason: StopReason,
+}
+
+/// Where the time of one [`Blip2::generate_timed`] call went (host wall-clock time).
+///
+/// On GPU backends queued work is counted where the host next waits for it, so the split between
+/// the phases is approximate there; the sum is exact.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Timings {
+    /// Preprocessing and encoding the images (vision model, Q-Former, projection).
+    pub encode: Duration,
+    /// The language model's pass over the prompt (image queries and text), which yields the first
+    /// token.
+    pub prefill: Duration,
+    /// All decoding steps after the prefill.
+    pub decode: Duration,
+    /// How many decoding steps ran (each adds one token to every unfinished row or beam).
+    pub steps: usize,
+}
+
+impl Timings {
+    /// Mean time of one decoding step, if any ran.
+    pub fn decode_per_step(&self) -> Option<Duration> {
+        u32::try_from(self.steps)
+            .ok()
+            .filter(|&n| n > 0)
+            .map(|n| self.decode / n)
+    }
 }
 
 /// Options for loading a [`Blip2`].
@@ -258,7 +286,33 @@ impl Blip2 {
         prompts: &[&str],
         config: &GenerationConfig,
     ) -> Result<Vec<Vec<Generation>>> {
-        self.run(embeddings, prompts, config, &mut |_| {})
+        self.run(embeddings, prompts, config, &mut |_| {}, None)
+    }
+
+    /// Like [`Blip2::generate`], also reporting where the time went.
+    pub fn generate_timed(
+        &self,
+        images: &[DynamicImage],
+        prompts: &[&str],
+        config: &GenerationConfig,
+    ) -> Result<(Vec<Vec<Generation>>, Timings)> {
+        if images.is_empty() {
+            return Err(Error::InvalidInput("no images".to_owned()));
+        }
+        let start = Instant::now();
+        let embeddings = self.encode_images(images)?;
+        let mut timings = Timings {
+            encode: start.elapsed(),
+            ..Timings::default()
+        };
+        let out = self.run(
+            &embeddings,
+            prompts,
+            config,
+            &mut |_| {},
+            Some(&mut timings),
+        )?;
+        Ok((out, timings))
     }
 
     /// Generates for one image and prompt (`None` to caption), calling `on_text` with each new
@@ -293,7 +347,7 @@ impl Blip2 {
                 }
             }
         };
-        let out = self.run(&embeddings, &prompts, config, &mut on_step)?;
+        let out = self.run(&embeddings, &prompts, config, &mut on_step, None)?;
         out.into_iter()
             .next()
             .and_then(|v| v.into_iter().next())
@@ -306,11 +360,12 @@ impl Blip2 {
         prompts: &[&str],
         config: &GenerationConfig,
         on_step: &mut dyn FnMut(&[Option<u32>]),
+        timings: Option<&mut Timings>,
     ) -> Result<Vec<Vec<Generation>>> {
         let prompt = self.prompt(embeddings, prompts)?;
         let sequences = match &self.language_model {
-            TextModel::Opt(lm) => generate(lm.as_ref(), prompt, config, on_step)?,
-            TextModel::T5(lm) => generate(lm.as_ref(), prompt, config, on_step)?,
+            TextModel::Opt(lm) => generate_with(lm.as_ref(), prompt, config, on_step, timings)?,
+            TextModel::T5(lm) => generate_with(lm.as_ref(), prompt, config, on_step, timings)?,
         };
         sequences
             .into_iter()
@@ -432,4 +487,24 @@ fn first_text(out: Vec<Vec<Generation>>) -> String {
         .and_then(|v| v.into_iter().next())
         .map(|g| g.text)
         .unwrap_or_default()
+}
+
+/// [`generate`], noting the prefill and decoding times in `timings` when given.
+fn generate_with<M: LanguageModel>(
+    lm: &M,
+    prompt: Prompt,
+    config: &GenerationConfig,
+    on_step: &mut dyn FnMut(&[Option<u32>]),
+    timings: Option<&mut Timings>,
+) -> Result<Vec<Vec<GeneratedSequence>>> {
+    let Some(timings) = timings else {
+        return generate(lm, prompt, config, on_step);
+    };
+    let timed = Timed::new(lm);
+    let out = generate(&timed, prompt, config, on_step);
+    let record = timed.record();
+    timings.prefill = record.prefill_time();
+    timings.decode = record.decode_time(Instant::now());
+    timings.steps = record.steps;
+    out
 }

@@ -7,11 +7,12 @@
 mod dataset;
 
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use blip2::preprocess::{load_image, ImageLimits};
 use blip2::{
     Blip2, Blip2Builder, Blip2Retrieval, Checkpoint, Generation, GenerationConfig, StopReason,
+    Timings,
 };
 use clap::{Args, Parser, Subcommand};
 use indicatif::ProgressBar;
@@ -83,6 +84,10 @@ struct GenerationArgs {
     /// Seed of the sampler.
     #[arg(long)]
     seed: Option<u64>,
+    /// Report where the time went: a "timings" object in --json output (load_s, encode_s,
+    /// prefill_s, decode_s, decode_s_per_token, tokens), otherwise a line on stderr.
+    #[arg(long)]
+    timings: bool,
 }
 
 impl GenerationArgs {
@@ -194,6 +199,11 @@ fn run(cli: Cli) -> Result<(), AnyError> {
             dataset,
         } => {
             if dataset.is_dataset_mode() {
+                if generation.timings {
+                    return Err(
+                        "--timings is for single runs, not with --dir / --input-list".into(),
+                    );
+                }
                 let blip2 = load_blip2(&model)?;
                 let config = generation.apply(blip2.generation_config());
                 return dataset::caption_dataset(&blip2, &config, &images, &dataset);
@@ -201,11 +211,7 @@ fn run(cli: Cli) -> Result<(), AnyError> {
             if images.is_empty() {
                 return Err("give images to caption, or --dir / --input-list".into());
             }
-            let blip2 = load_blip2(&model)?;
-            let config = generation.apply(blip2.generation_config());
-            let decoded = load_images(&images)?;
-            let out = blip2.generate(&decoded, &[], &config)?;
-            print_generations(&model, &images, &[], &out)
+            generate_and_print(&model, &generation, &images, &[])
         }
         Command::Ask {
             model,
@@ -213,12 +219,8 @@ fn run(cli: Cli) -> Result<(), AnyError> {
             image,
             question,
         } => {
-            let blip2 = load_blip2(&model)?;
-            let config = generation.apply(blip2.generation_config());
             let prompt = blip2::DEFAULT_QUESTION_TEMPLATE.replacen("{}", &question, 1);
-            let decoded = load_images(std::slice::from_ref(&image))?;
-            let out = blip2.generate(&decoded, &[prompt.as_str()], &config)?;
-            print_generations(&model, &[image], &[prompt], &out)
+            generate_and_print(&model, &generation, &[image], &[prompt])
         }
         Command::Generate {
             model,
@@ -234,12 +236,7 @@ fn run(cli: Cli) -> Result<(), AnyError> {
                 )
                 .into());
             }
-            let blip2 = load_blip2(&model)?;
-            let config = generation.apply(blip2.generation_config());
-            let decoded = load_images(&images)?;
-            let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
-            let out = blip2.generate(&decoded, &refs, &config)?;
-            print_generations(&model, &images, &prompts, &out)
+            generate_and_print(&model, &generation, &images, &prompts)
         }
         Command::Match {
             model,
@@ -379,11 +376,44 @@ fn result_json(image: &str, prompt: Option<&str>, g: &Generation) -> Value {
     })
 }
 
+/// Loads the model, generates for `images` with `prompts` (none, one, or one per image) and
+/// prints the results.
+fn generate_and_print(
+    model: &ModelArgs,
+    generation: &GenerationArgs,
+    images: &[String],
+    prompts: &[String],
+) -> Result<(), AnyError> {
+    let start = Instant::now();
+    let blip2 = load_blip2(model)?;
+    let load = start.elapsed();
+    let config = generation.apply(blip2.generation_config());
+    let decoded = load_images(images)?;
+    let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
+    let (out, timings) = blip2.generate_timed(&decoded, &refs, &config)?;
+    let timings = generation.timings.then(|| timings_json(load, &timings));
+    print_generations(model, images, prompts, &out, timings)
+}
+
+/// The `"timings"` object of `--timings`, in seconds. `tokens` counts the tokens of the longest
+/// row: the prefill's and one per decoding step.
+fn timings_json(load: Duration, t: &Timings) -> Value {
+    json!({
+        "load_s": load.as_secs_f64(),
+        "encode_s": t.encode.as_secs_f64(),
+        "prefill_s": t.prefill.as_secs_f64(),
+        "decode_s": t.decode.as_secs_f64(),
+        "decode_s_per_token": t.decode_per_step().map(|d| d.as_secs_f64()),
+        "tokens": t.steps + 1,
+    })
+}
+
 fn print_generations(
     model: &ModelArgs,
     images: &[String],
     prompts: &[String],
     out: &[Vec<Generation>],
+    timings: Option<Value>,
 ) -> Result<(), AnyError> {
     let prompt_of = |i: usize| match prompts.len() {
         0 => None,
@@ -397,8 +427,15 @@ fn print_generations(
             .flat_map(|(i, gens)| gens.iter().map(move |g| (i, g)))
             .map(|(i, g)| result_json(&images[i], prompt_of(i), g))
             .collect();
-        print_json(&json!({ "model": model.model, "results": results }));
+        let mut doc = json!({ "model": model.model, "results": results });
+        if let Some(timings) = timings {
+            doc["timings"] = timings;
+        }
+        print_json(&doc);
     } else {
+        if let Some(timings) = timings {
+            eprintln!("timings: {timings}");
+        }
         for (i, gens) in out.iter().enumerate() {
             for g in gens {
                 println!("{}\t{}", images[i], g.text);

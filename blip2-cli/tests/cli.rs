@@ -344,3 +344,45 @@ fn errors_are_one_line() {
         assert!(!err.contains("panicked"));
     }
 }
+
+#[test]
+fn timings_report_every_phase() {
+    let model = fixture("tiny-opt");
+    let image = fixture("images/rgb_96x64.png");
+    let args = [
+        "caption",
+        "--model",
+        &model,
+        &image,
+        "--json",
+        "--timings",
+        "--min-new-tokens",
+        "6",
+        "--max-new-tokens",
+        "6",
+    ];
+    let doc = json(&blip2(&args));
+    let t = &doc["timings"];
+    for key in [
+        "load_s",
+        "encode_s",
+        "prefill_s",
+        "decode_s",
+        "decode_s_per_token",
+    ] {
+        let v = t[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{key} missing: {t}"));
+        assert!(v > 0.0 && v < 60.0, "{key} = {v}");
+    }
+    assert_eq!(t["tokens"], 6);
+    assert_eq!(doc["results"][0]["token_ids"].as_array().unwrap().len(), 6);
+    let per_token = t["decode_s_per_token"].as_f64().unwrap();
+    let decode = t["decode_s"].as_f64().unwrap();
+    // five steps after the prefill; durations are whole nanoseconds
+    assert!((per_token * 5.0 - decode).abs() < 1e-8, "{t}");
+
+    // Without --timings the document has no timings.
+    let plain = json(&blip2(&args[..5]));
+    assert!(plain.get("timings").is_none());
+}

@@ -8,6 +8,7 @@ pub mod cache;
 pub mod generation;
 pub mod opt;
 pub mod t5;
+pub mod timing;
 
 use blip2_core::{Error, Result};
 use burn::tensor::Tensor;
@@ -15,6 +16,7 @@ use burn::tensor::Tensor;
 pub use generation::{generate, GeneratedSequence, GenerationConfig, StopReason};
 pub use opt::OptForCausalLM;
 pub use t5::T5ForConditionalGeneration;
+pub use timing::Timed;
 
 /// What generation needs from a language model: embed tokens, run the prompt once (prefill), then
 /// one step per token, and reorder its cached state for beam search.
