@@ -276,13 +276,41 @@ impl WeightSource for SafetensorsWeights {
 }
 
 fn le_f32(bytes: &[u8]) -> Vec<f32> {
-    bytes
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect()
+    convert(bytes, 4, |src, dst: &mut [f32]| {
+        for (d, b) in dst.iter_mut().zip(src.chunks_exact(4)) {
+            *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        }
+    })
 }
 
-/// A 16-bit float type read from little-endian bytes.
+/// Elements per conversion task; smaller tensors are converted on the calling thread.
+const CONVERT_CHUNK: usize = 1 << 20;
+
+/// Converts `bytes` (`width` bytes per element) into a new vector with `f`, which fills a piece of
+/// the output from the matching piece of the input. Large tensors are split over the machine's
+/// cores: loading is otherwise bound by this one-thread loop.
+fn convert<T: Copy + Default + Send>(
+    bytes: &[u8],
+    width: usize,
+    f: impl Fn(&[u8], &mut [T]) + Sync,
+) -> Vec<T> {
+    let n = bytes.len() / width;
+    let mut out = vec![T::default(); n];
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let chunk = n.div_ceil(threads).max(CONVERT_CHUNK);
+    if chunk >= n {
+        f(bytes, &mut out);
+        return out;
+    }
+    std::thread::scope(|scope| {
+        for (dst, src) in out.chunks_mut(chunk).zip(bytes.chunks(chunk * width)) {
+            let f = &f;
+            scope.spawn(move || f(src, dst));
+        }
+    });
+    out
+}
+
 trait Half16: Copy {
     fn from_bits(bits: u16) -> Self;
 }
@@ -306,12 +334,22 @@ fn le_u16<T: Half16>(bytes: &[u8]) -> Vec<T> {
         .collect()
 }
 
-fn widen<T: Half16>(bytes: &[u8]) -> Vec<f32>
+fn widen<T: Half16 + Default + Send + Sync>(bytes: &[u8]) -> Vec<f32>
 where
     [T]: HalfFloatSliceExt,
 {
-    let halves = le_u16::<T>(bytes);
-    let mut out = vec![0f32; halves.len()];
-    halves.convert_to_f32_slice(&mut out);
-    out
+    convert(bytes, 2, |src, dst: &mut [f32]| {
+        // Through a small buffer of halves, so the SIMD conversion of `half` does the widening.
+        let mut halves = [T::default(); 4096];
+        for (src, dst) in src
+            .chunks(2 * halves.len())
+            .zip(dst.chunks_mut(halves.len()))
+        {
+            let halves = &mut halves[..dst.len()];
+            for (h, b) in halves.iter_mut().zip(src.chunks_exact(2)) {
+                *h = T::from_bits(u16::from_le_bytes([b[0], b[1]]));
+            }
+            halves.convert_to_f32_slice(dst);
+        }
+    })
 }
