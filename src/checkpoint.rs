@@ -55,6 +55,20 @@ impl Checkpoint {
         &self.processor
     }
 
+    /// Logs a warning naming the stored tensors that loading did not use (extra keys are
+    /// ignored, not an error).
+    pub(crate) fn warn_unread(&self) {
+        let unread = self.weights.unread_keys();
+        if !unread.is_empty() {
+            tracing::warn!(
+                count = unread.len(),
+                first = ?&unread[..unread.len().min(5)],
+                "tensors in {} were not used",
+                self.weights.location()
+            );
+        }
+    }
+
     /// A human-readable description of the checkpoint (see [`CheckpointSummary`]).
     pub fn summary(&self) -> CheckpointSummary<'_> {
         CheckpointSummary(self)

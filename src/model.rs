@@ -184,6 +184,7 @@ impl Blip2 {
             .pad_token_id
             .or(generation.eos_token_id.first().copied())
             .unwrap_or(0);
+        checkpoint.warn_unread();
         Ok(Blip2 {
             encoder,
             language_model,

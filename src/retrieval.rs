@@ -72,6 +72,7 @@ impl Blip2Retrieval {
         }
         let tokenizer = dir.tokenizer()?;
         let pad_token = config.qformer_config.pad_token_id.unwrap_or(0);
+        checkpoint.warn_unread();
         Ok(Blip2Retrieval {
             encoder: ImageEncoder::from_weights(config, &weights, device)?,
             heads: RetrievalHeads::load(&weights, config, device)?,

@@ -224,3 +224,24 @@ fn bad_retrieval_inputs() {
         Err(Error::InvalidInput(_))
     ));
 }
+
+#[test]
+fn loading_uses_every_stored_tensor() {
+    // Extra tensors are only warned about; the fixtures have none, so each model's loader reads
+    // every tensor transformers saved for it.
+    for (name, retrieval) in [("tiny-opt", false), ("tiny-t5", false), ("tiny-itm", true)] {
+        let dir = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+        let checkpoint = blip2::Checkpoint::open(&dir, None).unwrap();
+        let device = blip2::Device::default();
+        if retrieval {
+            blip2::Blip2Retrieval::load(&checkpoint, &device).unwrap();
+        } else {
+            blip2::Blip2::load(&checkpoint, &device).unwrap();
+        }
+        assert_eq!(
+            checkpoint.weights().unread_keys(),
+            Vec::<String>::new(),
+            "{name}"
+        );
+    }
+}

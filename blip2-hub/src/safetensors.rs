@@ -1,8 +1,9 @@
 //! Weights from `model.safetensors` or a sharded `model.safetensors.index.json`, memory-mapped.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Mutex;
 
 use blip2_core::error::{Error, Result};
 use blip2_core::weights::{WeightDType, WeightSource};
@@ -56,6 +57,28 @@ impl Shard {
         // read_metadata checked that the offsets tile the data section exactly.
         &self.mmap[self.data_start + start..self.data_start + end]
     }
+
+    /// Tells the kernel this process is done with a tensor's pages, once it has been converted,
+    /// so the mapped file does not stay in the resident set beside the converted weights (the
+    /// pages stay in the page cache, and a later read faults them back in).
+    fn release(&self, info: &TensorInfo) {
+        #[cfg(unix)]
+        {
+            let (start, end) = info.data_offsets;
+            // SAFETY: the map is a read-only shared mapping of a file: dropping its pages cannot
+            // change what reading them returns, only when they are read from the page cache.
+            // The range lies inside the map (checked by read_metadata).
+            let _ = unsafe {
+                self.mmap.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    self.data_start + start,
+                    end - start,
+                )
+            };
+        }
+        #[cfg(not(unix))]
+        let _ = info;
+    }
 }
 
 /// A checkpoint's safetensors weights: one file or several shards, each memory-mapped once.
@@ -66,6 +89,8 @@ pub struct SafetensorsWeights {
     shards: Vec<Shard>,
     /// key -> index into `shards`.
     keys: HashMap<String, usize>,
+    /// Keys read so far (see [`SafetensorsWeights::unread_keys`]).
+    read_keys: Mutex<HashSet<String>>,
 }
 
 #[derive(Deserialize)]
@@ -116,6 +141,7 @@ impl SafetensorsWeights {
             location: path.as_ref().to_owned(),
             shards: vec![shard],
             keys,
+            read_keys: Mutex::default(),
         })
     }
 
@@ -161,7 +187,22 @@ impl SafetensorsWeights {
             location: dir.to_owned(),
             shards,
             keys,
+            read_keys: Mutex::default(),
         })
+    }
+
+    /// The stored tensors that no [`WeightSource::read`] has asked for, sorted. After a model is
+    /// loaded these are the checkpoint's extra tensors, which loading ignores (with a warning).
+    pub fn unread_keys(&self) -> Vec<String> {
+        let read = self.read_keys.lock().unwrap_or_else(|e| e.into_inner());
+        let mut unread: Vec<String> = self
+            .keys
+            .keys()
+            .filter(|k| !read.contains(*k))
+            .cloned()
+            .collect();
+        unread.sort();
+        unread
     }
 
     /// The dtype `key` is stored in, as safetensors names it (`F16`, `BF16`, ...).
@@ -261,6 +302,11 @@ impl WeightSource for SafetensorsWeights {
                 })
             }
         };
+        shard.release(info);
+        self.read_keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.to_owned());
         Ok(data)
     }
 

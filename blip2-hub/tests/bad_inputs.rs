@@ -324,3 +324,40 @@ fn model_not_found_says_where_it_looked() {
     let dir = fixture("tiny-opt");
     assert_eq!(resolve_local(dir.to_str().unwrap(), None).unwrap(), dir);
 }
+
+#[test]
+fn duplicate_keys_are_refused() {
+    // Two header entries named "a": whichever one a JSON reader keeps, the other's bytes are
+    // left unaccounted for, and the file must not load.
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("model.safetensors");
+    let header = br#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#;
+    let mut file = (header.len() as u64).to_le_bytes().to_vec();
+    file.extend_from_slice(header);
+    file.extend_from_slice(&[0; 8]);
+    std::fs::write(&path, file).unwrap();
+    match SafetensorsWeights::from_file(&path) {
+        Err(Error::CorruptWeights { path: p, .. }) => assert_eq!(p, path),
+        Err(other) => panic!("unexpected error {other}"),
+        Ok(w) => panic!("accepted, keys {:?}", w.keys()),
+    }
+}
+
+#[test]
+fn unread_keys_are_the_extra_tensors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("model.safetensors");
+    write_safetensors(
+        &path,
+        &[
+            ("used", "F32", vec![2], vec![0; 8]),
+            ("extra", "F16", vec![1], vec![0; 2]),
+        ],
+    );
+    let weights = SafetensorsWeights::from_file(&path).unwrap();
+    assert_eq!(weights.unread_keys(), ["extra", "used"]);
+    weights.read("used", &[2], WeightDType::F32).unwrap();
+    // A failed read (wrong shape) does not count as a use.
+    assert!(weights.read("extra", &[3], WeightDType::F32).is_err());
+    assert_eq!(weights.unread_keys(), ["extra"]);
+}

@@ -3,7 +3,8 @@
 make_models.py, measuring the same quantities as the Rust benchmark (`cargo bench --bench
 pipeline`), and prints one JSON document:
 
-  load_s              from_pretrained(folder, dtype=float32), first load in the process
+  load_s              from_pretrained(folder, dtype=float32), first load in the process, with the
+                      weight files read once before (page cache warm, as in the Rust harness)
   encode_s            vision model + Q-Former + language projection, one 224x224 image (median)
   caption_s           processor + generate, one image, exactly --tokens new tokens (median)
   prefill_s           the language model over the prompt (32 projected queries + BOS), with cache
@@ -48,6 +49,10 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
+    for f in sorted(args.model.glob("*.safetensors")):
+        with open(f, "rb") as fh:
+            while fh.read(1 << 24):
+                pass
     start = time.perf_counter()
     model = Blip2ForConditionalGeneration.from_pretrained(
         str(args.model), dtype=torch.float32, attn_implementation="eager"
