@@ -77,7 +77,7 @@ const PROJECT_BLOCKS: usize = 4;
 
 /// `x Wᵀ` for `x: [rows, in]` and `W: [out, in]` (PyTorch's layout), as `[rows, out]`.
 ///
-/// Computed as `(W xᵀ)ᵀ` with `W`'s rows split into [`PROJECT_BLOCKS`] blocks, one batched
+/// Computed as `(W xᵀ)ᵀ` with `W`'s rows split into four blocks, one batched
 /// matrix product. On the CPU backend this is both the fastest orientation for BLIP-2's shapes and
 /// the only one that uses every core when `rows` is small: burn-flex runs a single
 /// matrix-vector product (one decoding step) on one thread, but spreads the blocks of a batched

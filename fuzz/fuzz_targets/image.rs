@@ -15,6 +15,8 @@ fuzz_target!(|data: &[u8]| {
     };
     assert!(u64::from(image.width()) * u64::from(image.height()) <= limits.max_pixels);
     let processor = ImageProcessor::new(PreprocessorConfig::with_size(16, 16)).expect("valid");
-    let pixels = processor.preprocess(&image).expect("a decoded image preprocesses");
+    let pixels = processor
+        .preprocess(&image)
+        .expect("a decoded image preprocesses");
     assert!(pixels.as_slice().iter().all(|v| v.is_finite()));
 });

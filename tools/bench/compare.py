@@ -30,7 +30,7 @@ def main():
         print(f"| {label} | {a:.3f} {unit} | {b:.3f} {unit} | {a / b:.2f}× |")
     for batch in ours["batch"]:
         a, b = ours["batch"][batch]["images_per_s"], theirs["batch"][batch]["images_per_s"]
-        print(f"| batch {batch}: captions/s | {a:.2f} | {b:.2f} | {b / a:.2f}× |")
+        print(f"| batch {batch}: captions/s | {a:.3g} | {b:.3g} | {b / a:.2f}× |")
     first = min(ours["batch"], key=int)
     last = max(ours["batch"], key=int)
     for name, doc in (("blip2", ours), ("transformers", theirs)):
