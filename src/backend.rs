@@ -1,5 +1,5 @@
 //! Choosing a backend at run time among those compiled in (cargo features `flex`, `ndarray`,
-//! `wgpu`).
+//! `wgpu`, `vulkan`, `cuda`).
 
 use blip2_core::{Error, Result};
 use burn::tensor::Device;
@@ -16,11 +16,18 @@ pub fn available_backends() -> Vec<&'static str> {
     if cfg!(feature = "wgpu") {
         names.push("wgpu");
     }
+    if cfg!(feature = "vulkan") {
+        names.push("vulkan");
+    }
+    if cfg!(feature = "cuda") {
+        names.push("cuda");
+    }
     names
 }
 
-/// The device of backend `name` (`"flex"`, `"ndarray"`, `"wgpu"`); an error listing the
-/// available ones when this build does not include it.
+/// The device of backend `name` (`"flex"`, `"ndarray"`, `"wgpu"`, `"vulkan"`, `"cuda"`: the
+/// first GPU of that kind); an error listing the available ones when this build does not include
+/// it.
 pub fn device(name: &str) -> Result<Device> {
     let device = match name {
         #[cfg(feature = "flex")]
@@ -30,6 +37,10 @@ pub fn device(name: &str) -> Result<Device> {
         "ndarray" => Some(Device::ndarray()),
         #[cfg(feature = "wgpu")]
         "wgpu" => Some(Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)),
+        #[cfg(feature = "vulkan")]
+        "vulkan" => Some(Device::vulkan(burn::tensor::DeviceKind::DefaultDevice)),
+        #[cfg(feature = "cuda")]
+        "cuda" => Some(Device::cuda(0)),
         _ => None,
     };
     device.ok_or_else(|| {

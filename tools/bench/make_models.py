@@ -16,17 +16,15 @@ id), so that both transformers and the Rust crate load it unmodified and can dec
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
-from transformers import (
-    Blip2Config,
-    Blip2ForConditionalGeneration,
-    Blip2Processor,
-    BlipImageProcessorPil,
-    GPT2TokenizerFast,
-)
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, BlipImageProcessorPil
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "parity"))
+from make_fixtures import as_opt_tokenizer  # noqa: E402  (the fixtures' OPT conventions)
 
 VOCAB = 50272  # OPT's embedding rows (the tokenizer's 50265 plus padding to a multiple of 8)
 IMAGE_TOKEN = 50265  # `<image>` in the updated hub repos
@@ -53,14 +51,7 @@ def tokenizer():
     vocab = {special.get(i, f"w{i}"): i for i in range(VOCAB)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.post_processor = processors.TemplateProcessing(
-        single="</s> $A", pair="</s> $A </s> $B", special_tokens=[("</s>", 2)]
-    )
-    fast = GPT2TokenizerFast(
-        tokenizer_object=tok, bos_token="</s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
-    )
-    fast.padding_side = "left"
-    return fast
+    return as_opt_tokenizer(tok)
 
 
 def make(name: str, out: Path):

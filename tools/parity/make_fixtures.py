@@ -205,6 +205,12 @@ def opt_tokenizer():
         show_progress=False,
     )
     tok.train_from_iterator(corpus_lines() + ["line one\nline two\n"], trainer)
+    return as_opt_tokenizer(tok)
+
+
+def as_opt_tokenizer(tok):
+    """OPT's conventions on a `tokenizers.Tokenizer` whose `</s>` is id 2: `</s>` prepended as BOS,
+    `<pad>` padding on the left, wrapped as transformers' GPT2TokenizerFast."""
     tok.post_processor = processors.TemplateProcessing(
         single="</s> $A", pair="</s> $A </s> $B", special_tokens=[("</s>", 2)]
     )
