@@ -37,6 +37,16 @@ fn json(out: &Output) -> Value {
     serde_json::from_str(&text).unwrap()
 }
 
+/// The `token_ids` of every result of a generation document, in order.
+fn token_ids(doc: &Value) -> Value {
+    doc["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["token_ids"].clone())
+        .collect()
+}
+
 fn golden_case(fixture_name: &str, name: &str) -> Value {
     let text =
         std::fs::read_to_string(fixtures().join(fixture_name).join("generation.json")).unwrap();
@@ -103,13 +113,7 @@ fn generate_with_prompt_per_image_and_beams() {
     }
     args.extend(images.iter().map(String::as_str));
     let doc = json(&blip2(&args));
-    let ids: Vec<Value> = doc["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["token_ids"].clone())
-        .collect();
-    assert_eq!(Value::Array(ids), case["new_tokens"]);
+    assert_eq!(token_ids(&doc), case["new_tokens"]);
     assert_eq!(doc["results"][1]["prompt"], prompts[1]);
 
     let beams = golden_case("tiny-opt", "beam3_two_returned");
@@ -128,13 +132,7 @@ fn generate_with_prompt_per_image_and_beams() {
         "--json",
         &images[0],
     ]));
-    let ids: Vec<Value> = doc["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["token_ids"].clone())
-        .collect();
-    assert_eq!(Value::Array(ids), beams["new_tokens"]);
+    assert_eq!(token_ids(&doc), beams["new_tokens"]);
 }
 
 #[test]

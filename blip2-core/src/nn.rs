@@ -47,11 +47,6 @@ impl Dense {
         }
     }
 
-    /// Input width.
-    pub fn d_in(&self) -> usize {
-        self.weight.dims()[1]
-    }
-
     /// Output width.
     pub fn d_out(&self) -> usize {
         self.weight.dims()[0]
