@@ -190,6 +190,25 @@ fn read_lines(path: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// `blip2 caption --dir data --output out` on the tiny OPT model, 4 new tokens, plus `extra`.
+fn caption_dir(data: &Path, out: &Path, extra: &[&str]) -> Output {
+    let model = fixture("tiny-opt");
+    let (data, out) = (data.display().to_string(), out.display().to_string());
+    let mut args = vec![
+        "caption",
+        "--model",
+        &model,
+        "--dir",
+        &data,
+        "--output",
+        &out,
+        "--max-new-tokens",
+        "4",
+    ];
+    args.extend_from_slice(extra);
+    blip2(&args)
+}
+
 #[test]
 fn dataset_with_shards_resume_and_a_corrupt_image() {
     let dir = tempfile::tempdir().unwrap();
@@ -205,28 +224,12 @@ fn dataset_with_shards_resume_and_a_corrupt_image() {
     }
     std::fs::write(data.join("broken.png"), b"not a png").unwrap();
     std::fs::write(data.join("notes.txt"), b"ignored").unwrap();
-    let model = fixture("tiny-opt");
-    let data_s = data.display().to_string();
 
     // Two shards cover the five images exactly once.
     let mut seen = Vec::new();
     for shard in ["0/2", "1/2"] {
         let out = dir.path().join(format!("shard{}.jsonl", &shard[..1]));
-        let o = blip2(&[
-            "caption",
-            "--model",
-            &model,
-            "--dir",
-            &data_s,
-            "--output",
-            out.to_str().unwrap(),
-            "--shard",
-            shard,
-            "--batch-size",
-            "2",
-            "--max-new-tokens",
-            "4",
-        ]);
+        let o = caption_dir(&data, &out, &["--shard", shard, "--batch-size", "2"]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         seen.extend(read_lines(&out));
     }
@@ -241,35 +244,14 @@ fn dataset_with_shards_resume_and_a_corrupt_image() {
 
     // Resume: an interrupted run (two lines written) is completed without redoing them.
     let out = dir.path().join("all.jsonl");
-    let all = blip2(&[
-        "caption",
-        "--model",
-        &model,
-        "--dir",
-        &data_s,
-        "--output",
-        out.to_str().unwrap(),
-        "--max-new-tokens",
-        "4",
-    ]);
+    let all = caption_dir(&data, &out, &[]);
     assert!(all.status.success());
     let full = read_lines(&out);
     assert_eq!(full.len(), 5);
     let text = std::fs::read_to_string(&out).unwrap();
     let first_two: String = text.lines().take(2).map(|l| format!("{l}\n")).collect();
     std::fs::write(&out, format!("{first_two}{{\"image\": \"cut sh")).unwrap();
-    let resumed = blip2(&[
-        "caption",
-        "--model",
-        &model,
-        "--dir",
-        &data_s,
-        "--output",
-        out.to_str().unwrap(),
-        "--resume",
-        "--max-new-tokens",
-        "4",
-    ]);
+    let resumed = caption_dir(&data, &out, &["--resume"]);
     assert!(resumed.status.success());
     let lines: Vec<Value> = std::fs::read_to_string(&out)
         .unwrap()
