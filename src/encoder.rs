@@ -10,6 +10,14 @@ use burn::tensor::{Device, Tensor};
 
 use crate::Checkpoint;
 
+/// The precision the Q-Former runs in when the rest of the model runs in `dtype`.
+pub(crate) fn qformer_dtype(dtype: WeightDType) -> WeightDType {
+    match dtype {
+        WeightDType::F16 => WeightDType::F32,
+        other => other,
+    }
+}
+
 /// The image side of BLIP-2: EVA-CLIP ViT-g → Q-Former (learned queries cross-attending to every
 /// image token) → `language_projection` into the language model's embedding width.
 ///
@@ -57,19 +65,24 @@ impl ImageEmbeddings {
 
 impl ImageEncoder {
     /// Loads the vision model, the Q-Former (with its query tokens) and, when the checkpoint has
-    /// one, the language projection, converting weights to f32 on `device`.
-    pub fn load(checkpoint: &Checkpoint, device: &Device) -> Result<Self> {
-        let weights = Weights::new(checkpoint.weights(), WeightDType::F32);
+    /// one, the language projection, converting weights to `dtype` on `device` (see
+    /// [`ImageEncoder::from_weights`] for the parts kept in f32).
+    pub fn load(checkpoint: &Checkpoint, device: &Device, dtype: WeightDType) -> Result<Self> {
+        let weights = Weights::new(checkpoint.weights(), dtype);
         Self::from_weights(checkpoint.dir().config(), &weights, device)
     }
 
     /// Builds the encoder for `config` from any weight source (for instance
     /// [`blip2_core::RandomWeights`], to run the real architecture without files).
+    ///
+    /// The vision model and the projection run in `weights`' dtype. The Q-Former and its query
+    /// tokens stay in f32 when that dtype is f16, as transformers keeps them
+    /// (`_keep_in_fp32_modules`); in bf16 everything is bf16, as there.
     pub fn from_weights(config: &Blip2Config, weights: &Weights, device: &Device) -> Result<Self> {
         let vision =
             Blip2VisionModel::load(&weights.pp("vision_model"), &config.vision_config, device)?;
         let qformer = Blip2QFormerModel::load(
-            weights,
+            &weights.with_dtype(qformer_dtype(weights.dtype())),
             &config.qformer_config,
             config.num_query_tokens,
             device,
@@ -106,6 +119,15 @@ impl ImageEncoder {
         &self.qformer
     }
 
+    /// The language projection of Q-Former outputs (`[images, queries, qformer_hidden]` →
+    /// `[images, queries, lm_hidden]`, in the vision model's precision); `None` for retrieval
+    /// checkpoints, which have none.
+    pub fn project(&self, query_output: Tensor<3>) -> Option<Tensor<3>> {
+        self.language_projection
+            .as_ref()
+            .map(|p| p.forward(query_output))
+    }
+
     /// The device the weights live on.
     pub fn device(&self) -> &Device {
         &self.device
@@ -125,10 +147,7 @@ impl ImageEncoder {
         }
         let vision = self.vision.forward(self.pixel_tensor(pixels))?;
         let query_output = self.qformer.forward_queries(vision.last_hidden_state)?;
-        let projected = self
-            .language_projection
-            .as_ref()
-            .map(|p| p.forward(query_output.clone()));
+        let projected = self.project(query_output.clone());
         Ok(ImageEmbeddings {
             query_output,
             projected,

@@ -32,6 +32,7 @@ pub struct Blip2 {
     bos_token: Option<u32>,
     pad_token: u32,
     question_template: String,
+    dtype: WeightDType,
 }
 
 /// The language models `Blip2` can drive.
@@ -114,7 +115,16 @@ impl Blip2Builder {
         self
     }
 
-    /// The dtype weights are converted to. Only f32 is supported so far; others are an error.
+    /// The precision to run in (default f32); weights are converted once, at load.
+    ///
+    /// - `F32`: every backend; the parity-tested mode.
+    /// - `F16`: the vision model, the projection and OPT in f16; the Q-Former stays in f32 (as in
+    ///   transformers) and so does Flan-T5, which overflows in f16.
+    /// - `BF16`: as `F16`, but the Q-Former runs in bf16 too (as in transformers); Flan-T5 stays
+    ///   in f32.
+    ///
+    /// [`Blip2Builder::build`] refuses a dtype the device's backend cannot run (ndarray runs only
+    /// f32); see `docs/backends.md` for which backend supports which.
     pub fn dtype(mut self, dtype: WeightDType) -> Self {
         self.dtype = dtype;
         self
@@ -122,15 +132,21 @@ impl Blip2Builder {
 
     /// Loads the model.
     pub fn build(self) -> Result<Blip2> {
-        if self.dtype != WeightDType::F32 {
-            return Err(Error::InvalidInput(format!(
-                "dtype {:?} is not supported yet; use F32",
-                self.dtype
-            )));
-        }
         let device = self.device.unwrap_or_default();
+        check_dtype(&device, self.dtype)?;
         let checkpoint = Checkpoint::open(&self.model, self.revision.as_deref())?;
-        Blip2::load(&checkpoint, &device)
+        Blip2::load_with_dtype(&checkpoint, &device, self.dtype)
+    }
+}
+
+/// An error unless `device`'s backend runs `dtype`.
+pub(crate) fn check_dtype(device: &Device, dtype: WeightDType) -> Result<()> {
+    if device.supports_dtype(dtype.to_burn()) {
+        Ok(())
+    } else {
+        Err(Error::InvalidInput(format!(
+            "the backend of device {device:?} cannot run {dtype:?}; use F32"
+        )))
     }
 }
 
@@ -147,6 +163,17 @@ impl Blip2 {
 
     /// Loads an opened checkpoint on `device` (weights converted to f32).
     pub fn load(checkpoint: &Checkpoint, device: &Device) -> Result<Self> {
+        Self::load_with_dtype(checkpoint, device, WeightDType::F32)
+    }
+
+    /// Loads an opened checkpoint on `device`, running in `dtype` (see [`Blip2Builder::dtype`]
+    /// for which parts keep f32). Errors if the device's backend cannot run `dtype`.
+    pub fn load_with_dtype(
+        checkpoint: &Checkpoint,
+        device: &Device,
+        dtype: WeightDType,
+    ) -> Result<Self> {
+        check_dtype(device, dtype)?;
         let dir = checkpoint.dir();
         let config = dir.config();
         if config.is_retrieval() {
@@ -155,8 +182,8 @@ impl Blip2 {
                     .to_owned(),
             ));
         }
-        let encoder = ImageEncoder::load(checkpoint, device)?;
-        let weights = Weights::new(checkpoint.weights(), WeightDType::F32);
+        let encoder = ImageEncoder::load(checkpoint, device, dtype)?;
+        let weights = Weights::new(checkpoint.weights(), dtype);
         let (language_model, eos, pad, bos) = match &config.text_config {
             TextConfig::Opt(c) => (
                 TextModel::Opt(Box::new(OptForCausalLM::load(
@@ -169,8 +196,10 @@ impl Blip2 {
                 c.bos_token_id,
             ),
             TextConfig::T5(c) => (
+                // T5 overflows in f16 (transformers keeps its `wo` layers in f32 there); it
+                // always runs in f32 here.
                 TextModel::T5(Box::new(T5ForConditionalGeneration::load(
-                    &weights.pp("language_model"),
+                    &weights.with_dtype(WeightDType::F32).pp("language_model"),
                     c,
                     device,
                 )?)),
@@ -196,7 +225,13 @@ impl Blip2 {
             bos_token: dir.generation().bos_token_id.or(bos),
             pad_token,
             question_template: DEFAULT_QUESTION_TEMPLATE.to_owned(),
+            dtype,
         })
+    }
+
+    /// The precision the model was loaded in (see [`Blip2Builder::dtype`]).
+    pub fn dtype(&self) -> WeightDType {
+        self.dtype
     }
 
     /// The checkpoint's default generation settings (start from these to override some).
@@ -472,7 +507,9 @@ impl Blip2 {
             TextModel::Opt(lm) => lm.embed_tokens(&text_ids)?,
             TextModel::T5(lm) => lm.embed_tokens(&text_ids)?,
         };
-        let embeds = Tensor::cat(vec![projected.clone(), text_embeds], 1);
+        // The projection runs in the vision side's precision, the language model maybe in another.
+        let projected = projected.clone().cast(text_embeds.dtype());
+        let embeds = Tensor::cat(vec![projected, text_embeds], 1);
         Ok(Prompt {
             embeds,
             attention_mask,

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use blip2::preprocess::{load_image, ImageLimits};
 use blip2::{
     Blip2, Blip2Builder, Blip2Retrieval, Checkpoint, Generation, GenerationConfig, StopReason,
-    Timings,
+    Timings, WeightDType,
 };
 use clap::{Args, Parser, Subcommand};
 use indicatif::ProgressBar;
@@ -40,6 +40,10 @@ struct ModelArgs {
     /// Backend to run on (those compiled in; default: the first).
     #[arg(long)]
     backend: Option<String>,
+    /// Precision: f32, f16 or bf16 (captioning and questions; matching and embeddings run in
+    /// f32). Flan-T5 always runs in f32; see `docs/backends.md` for which backend runs which.
+    #[arg(long, default_value = "f32")]
+    dtype: WeightDType,
     /// Print one JSON document on stdout.
     #[arg(long)]
     json: bool,
@@ -333,7 +337,9 @@ fn spinner(message: String) -> ProgressBar {
 fn load_blip2(model: &ModelArgs) -> Result<Blip2, AnyError> {
     let device = device(model)?;
     let bar = spinner(format!("loading {}", model.model));
-    let mut builder = Blip2Builder::new(&model.model).device(device);
+    let mut builder = Blip2Builder::new(&model.model)
+        .device(device)
+        .dtype(model.dtype);
     if let Some(revision) = &model.revision {
         builder = builder.revision(revision);
     }
@@ -343,6 +349,13 @@ fn load_blip2(model: &ModelArgs) -> Result<Blip2, AnyError> {
 }
 
 fn load_retrieval(model: &ModelArgs) -> Result<Blip2Retrieval, AnyError> {
+    if model.dtype != WeightDType::F32 {
+        return Err(format!(
+            "image-text matching and embeddings run in f32 only (got --dtype {})",
+            model.dtype
+        )
+        .into());
+    }
     let device = device(model)?;
     let bar = spinner(format!("loading {}", model.model));
     let checkpoint = Checkpoint::open(&model.model, model.revision.as_deref());

@@ -5,15 +5,17 @@ use burn::module::{Module, Param};
 use burn::nn::{LayerNorm, LayerNormConfig};
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{activation, Bool, Device, Int, Tensor, TensorData};
+use burn::tensor::{activation, Bool, DType, Device, Int, Tensor, TensorData};
 
 use crate::config::Activation;
 use crate::error::{Error, Result};
 use crate::weights::Weights;
 
-/// A tensor from weight data, on `device`.
+/// A tensor from weight data, on `device`, keeping the data's dtype (the dtype the [`Weights`]
+/// view converted it to).
 pub fn tensor<const D: usize>(data: TensorData, device: &Device) -> Tensor<D> {
-    Tensor::from_data(data, device)
+    let dtype = data.dtype();
+    Tensor::from_data(data, (device, dtype))
 }
 
 /// Reads `name` with `shape` as a parameter tensor.
@@ -52,8 +54,17 @@ impl Dense {
         self.weight.dims()[0]
     }
 
+    /// The dtype of the weight, which is also the dtype of the output.
+    pub fn dtype(&self) -> DType {
+        self.weight.val().dtype()
+    }
+
     /// Applies the layer to the last dimension of `x` (`[..., in]` → `[..., out]`).
+    ///
+    /// `x` is first cast to the weight's dtype, as PyTorch models do where a module kept in one
+    /// precision reads the output of a module in another (a no-op when they already agree).
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let x = x.cast(self.dtype());
         let mut dims = x.dims();
         let d_in = dims[D - 1];
         let rows = dims[..D - 1].iter().product::<usize>();
@@ -110,12 +121,32 @@ pub fn linear(
     Ok(Dense::new(weight, bias))
 }
 
-/// `nn.LayerNorm(dim, eps)` stored under `w` as `weight` and `bias`.
-pub fn layer_norm(w: &Weights, dim: usize, eps: f64, device: &Device) -> Result<LayerNorm> {
-    let mut norm = LayerNormConfig::new(dim).with_epsilon(eps).init(device);
-    norm.gamma = Param::from_tensor(tensor(w.get("weight", &[dim])?, device));
-    norm.beta = Some(Param::from_tensor(tensor(w.get("bias", &[dim])?, device)));
-    Ok(norm)
+/// `nn.LayerNorm`, computed in f32 whatever the precision of its input, the result rounded back to
+/// that precision once: PyTorch's kernels accumulate f16 and bf16 inputs in f32 likewise, and the
+/// mean and variance of a wide row lose too much in 11 significant bits.
+#[derive(Module, Debug)]
+pub struct Norm {
+    inner: LayerNorm,
+}
+
+impl Norm {
+    /// Normalizes the last dimension of `x`.
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let dtype = x.dtype();
+        self.inner.forward(x.cast(DType::F32)).cast(dtype)
+    }
+}
+
+/// `nn.LayerNorm(dim, eps)` stored under `w` as `weight` and `bias` (read in `w`'s dtype, as the
+/// model stores them, and kept in f32 for the computation).
+pub fn layer_norm(w: &Weights, dim: usize, eps: f64, device: &Device) -> Result<Norm> {
+    let read = |name: &str| -> Result<Tensor<1>> {
+        Ok(tensor::<1>(w.get(name, &[dim])?, device).cast(DType::F32))
+    };
+    let mut inner = LayerNormConfig::new(dim).with_epsilon(eps).init(device);
+    inner.gamma = Param::from_tensor(read("weight")?);
+    inner.beta = Some(Param::from_tensor(read("bias")?));
+    Ok(Norm { inner })
 }
 
 /// Applies a transformers activation.
@@ -173,6 +204,7 @@ pub fn attend(
         softcap: None,
         is_causal: false,
     };
+    // burn-flex computes f16 and bf16 attention in f32 and rounds only the output.
     attention(
         q,
         k,

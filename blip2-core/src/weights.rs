@@ -31,6 +31,32 @@ impl WeightDType {
     }
 }
 
+impl std::str::FromStr for WeightDType {
+    type Err = Error;
+
+    /// `f32`, `f16` or `bf16` (also `float32`, `float16`, `bfloat16`, as torch names them).
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" | "float32" => Ok(WeightDType::F32),
+            "f16" | "float16" | "half" => Ok(WeightDType::F16),
+            "bf16" | "bfloat16" => Ok(WeightDType::BF16),
+            _ => Err(Error::InvalidInput(format!(
+                "unknown dtype {s:?}; expected f32, f16 or bf16"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for WeightDType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WeightDType::F32 => "f32",
+            WeightDType::F16 => "f16",
+            WeightDType::BF16 => "bf16",
+        })
+    }
+}
+
 /// A checkpoint's tensors, by HF key name.
 ///
 /// Implemented by `blip2-hub` over (sharded) safetensors files; tests may implement it over a map.
@@ -80,6 +106,15 @@ impl<'a> Weights<'a> {
     /// The dtype tensors are converted to.
     pub fn dtype(&self) -> WeightDType {
         self.dtype
+    }
+
+    /// The same view, converting tensors to `dtype` instead: for a part of the model kept in
+    /// another precision (BLIP-2's Q-Former stays in f32 when the rest runs in f16).
+    pub fn with_dtype(&self, dtype: WeightDType) -> Weights<'a> {
+        Weights {
+            dtype,
+            ..self.clone()
+        }
     }
 
     /// The full key of `name` under this view's prefix.

@@ -2,7 +2,7 @@
 //! written in place, so a decoding step costs one slice write per layer instead of a copy of the
 //! whole prefix.
 
-use burn::tensor::{s, Device, Tensor};
+use burn::tensor::{s, DType, Device, Tensor};
 
 /// Keys and values of every layer for a batch of rows.
 #[derive(Debug, Clone)]
@@ -13,16 +13,17 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    /// An empty cache for `layers` layers of `rows` sequences up to `capacity` positions.
+    /// An empty cache for `layers` layers of `rows` sequences up to `capacity` positions, holding
+    /// keys and values of `dtype` (the model's).
     pub fn new(
         layers: usize,
         rows: usize,
         heads: usize,
         capacity: usize,
         head_dim: usize,
-        device: &Device,
+        (device, dtype): (&Device, DType),
     ) -> Self {
-        let zeros = || Tensor::<4>::zeros([rows, heads, capacity, head_dim], device);
+        let zeros = || Tensor::<4>::zeros([rows, heads, capacity, head_dim], (device, dtype));
         KvCache {
             layers: (0..layers).map(|_| (zeros(), zeros())).collect(),
             len: 0,

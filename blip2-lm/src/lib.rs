@@ -34,13 +34,13 @@ pub trait LanguageModel: Send + Sync {
     fn embed_tokens(&self, ids: &[Vec<u32>]) -> Result<Tensor<3>>;
 
     /// Runs the prompt `embeds` (`[rows, len, embed_dim]`; `attention_mask[row][pos]` false for
-    /// padding) with room for `capacity` positions in all; returns the state and the logits of the
-    /// last position, `[rows, vocab]`.
+    /// padding) with room for `max_new_tokens` more positions; returns the state and the logits of
+    /// the last position, `[rows, vocab]`.
     fn prefill(
         &self,
         embeds: Tensor<3>,
         attention_mask: &[Vec<bool>],
-        capacity: usize,
+        max_new_tokens: usize,
     ) -> Result<(Self::State, Tensor<2>)>;
 
     /// Feeds one token per row; returns the next logits, `[rows, vocab]`.

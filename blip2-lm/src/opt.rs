@@ -5,8 +5,7 @@ use blip2_core::error::{Error, Result};
 use blip2_core::nn::Dense;
 use blip2_core::{nn, Weights};
 use burn::module::{Module, Param};
-use burn::nn::LayerNorm;
-use burn::tensor::{s, Bool, Device, Tensor, TensorData};
+use burn::tensor::{s, Bool, DType, Device, Tensor, TensorData};
 
 use crate::cache::KvCache;
 use crate::LanguageModel;
@@ -55,10 +54,10 @@ impl OptAttention {
 #[derive(Module, Debug)]
 pub struct OptDecoderLayer {
     self_attn: OptAttention,
-    self_attn_layer_norm: LayerNorm,
+    self_attn_layer_norm: nn::Norm,
     fc1: Dense,
     fc2: Dense,
-    final_layer_norm: LayerNorm,
+    final_layer_norm: nn::Norm,
     pre_norm: bool,
     #[module(skip)]
     activation: Activation,
@@ -120,7 +119,7 @@ pub struct OptForCausalLM {
     project_in: Option<Dense>,
     project_out: Option<Dense>,
     layers: Vec<OptDecoderLayer>,
-    final_layer_norm: Option<LayerNorm>,
+    final_layer_norm: Option<nn::Norm>,
     /// `[vocab, embed_dim]`, PyTorch's layout; used transposed.
     lm_head: Param<Tensor<2>>,
     num_heads: usize,
@@ -225,7 +224,8 @@ impl OptForCausalLM {
         if let Some(p) = &self.project_out {
             last = p.forward(last);
         }
-        nn::project(last, self.lm_head.val())
+        // Generation works on f32 logits whatever the model's precision, as in transformers.
+        nn::project(last, self.lm_head.val()).cast(DType::F32)
     }
 }
 
@@ -292,7 +292,7 @@ impl LanguageModel for OptForCausalLM {
             self.num_heads,
             capacity,
             head_dim,
-            &device,
+            (&device, self.embed_tokens.val().dtype()),
         );
         let logits = self.run(embeds, positions, mask, &mut cache);
         Ok((

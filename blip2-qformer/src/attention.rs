@@ -5,7 +5,6 @@ use blip2_core::error::Result;
 use blip2_core::nn::Dense;
 use blip2_core::{nn, Weights};
 use burn::module::Module;
-use burn::nn::LayerNorm;
 use burn::tensor::{Bool, Device, Tensor};
 
 /// BERT multi-head attention with separate `query`/`key`/`value`; as cross-attention its keys
@@ -49,7 +48,7 @@ impl Blip2QFormerMultiHeadAttention {
 #[derive(Module, Debug)]
 pub struct Blip2QFormerSelfOutput {
     dense: Dense,
-    layer_norm: LayerNorm,
+    layer_norm: nn::Norm,
 }
 
 impl Blip2QFormerSelfOutput {

@@ -4,7 +4,6 @@ use blip2_core::config::QFormerConfig;
 use blip2_core::error::{Error, Result};
 use blip2_core::{nn, Weights};
 use burn::module::{Module, Param};
-use burn::nn::LayerNorm;
 use burn::tensor::{Bool, Device, Tensor, TensorData};
 
 use crate::layer::{Blip2QFormerLayer, ImageContext};
@@ -14,7 +13,7 @@ use crate::layer::{Blip2QFormerLayer, ImageContext};
 #[derive(Module, Debug)]
 pub struct Blip2QFormerModel {
     query_tokens: Param<Tensor<3>>,
-    layernorm: LayerNorm,
+    layernorm: nn::Norm,
     layers: Vec<Blip2QFormerLayer>,
     encoder_hidden_size: usize,
     has_text_input: bool,

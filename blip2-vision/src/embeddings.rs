@@ -73,7 +73,9 @@ impl Blip2VisionEmbeddings {
         let (ph, pw) = (self.patch_h, self.patch_w);
         // [B, C, gh, ph, gw, pw] -> [B, gh, gw, C, ph, pw] -> [B, gh * gw, C * ph * pw]: patches in
         // the conv's row-major output order, each flattened in the conv weight's (c, kh, kw) order.
+        // Pixels come in f32; the model may run in another precision (as transformers casts them).
         let patches = pixel_values
+            .cast(self.patch_weight.val().dtype())
             .reshape([batch, 3, gh, ph, gw, pw])
             .permute([0, 2, 4, 1, 3, 5])
             .reshape([batch, gh * gw, 3 * ph * pw]);

@@ -5,7 +5,6 @@ use blip2_core::error::Result;
 use blip2_core::nn::Dense;
 use blip2_core::{nn, Weights};
 use burn::module::Module;
-use burn::nn::LayerNorm;
 use burn::tensor::{Device, Tensor};
 
 use crate::attention::Blip2Attention;
@@ -41,9 +40,9 @@ impl Blip2Mlp {
 #[derive(Module, Debug)]
 pub struct Blip2EncoderLayer {
     self_attn: Blip2Attention,
-    layer_norm1: LayerNorm,
+    layer_norm1: nn::Norm,
     mlp: Blip2Mlp,
-    layer_norm2: LayerNorm,
+    layer_norm2: nn::Norm,
 }
 
 impl Blip2EncoderLayer {

@@ -4,7 +4,6 @@ use blip2_core::config::VisionConfig;
 use blip2_core::error::Result;
 use blip2_core::{nn, Weights};
 use burn::module::Module;
-use burn::nn::LayerNorm;
 use burn::tensor::{s, Device, Tensor};
 
 use crate::embeddings::Blip2VisionEmbeddings;
@@ -15,7 +14,7 @@ use crate::encoder::Blip2EncoderLayer;
 pub struct Blip2VisionModel {
     embeddings: Blip2VisionEmbeddings,
     layers: Vec<Blip2EncoderLayer>,
-    post_layernorm: LayerNorm,
+    post_layernorm: nn::Norm,
 }
 
 /// What the vision model returns.
