@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 
 use blip2::preprocess::{load_image, ImageLimits};
-use blip2::{Checkpoint, Device, Error, ImageEncoder, Tensor};
+use blip2::{Checkpoint, Device, Error, ImageEncoder, Tensor, WeightDType};
 use safetensors::SafeTensors;
 
 const TOLERANCE: f32 = 1e-4;
@@ -71,7 +71,7 @@ fn check(name: &str) {
     assert!(diff <= 1e-6);
 
     let device = Device::default();
-    let encoder = ImageEncoder::load(&checkpoint, &device).unwrap();
+    let encoder = ImageEncoder::load(&checkpoint, &device, WeightDType::F32).unwrap();
     let vision = encoder
         .vision()
         .forward(encoder.pixel_tensor(&pixels))
@@ -125,7 +125,7 @@ fn tiny_itm_image_features_match_transformers() {
 fn bad_pixel_values_are_errors() {
     let dir = fixtures().join("tiny-opt");
     let checkpoint = Checkpoint::open(dir.to_str().unwrap(), None).unwrap();
-    let encoder = ImageEncoder::load(&checkpoint, &Device::default()).unwrap();
+    let encoder = ImageEncoder::load(&checkpoint, &Device::default(), WeightDType::F32).unwrap();
     let device = Device::default();
     let wrong_size = Tensor::<4>::zeros([1, 3, 40, 32], &device);
     assert!(matches!(

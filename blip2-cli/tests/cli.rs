@@ -271,6 +271,24 @@ fn dataset_with_shards_resume_and_a_corrupt_image() {
 }
 
 #[test]
+fn caption_in_f16() {
+    // Ids in f16 are checked against transformers in tests/half_precision.rs; here only that the
+    // option reaches the model.
+    let doc = json(&blip2(&[
+        "caption",
+        "--model",
+        &fixture("tiny-opt"),
+        "--dtype",
+        "f16",
+        "--max-new-tokens",
+        "5",
+        "--json",
+        &fixture("images/rgb_96x64.png"),
+    ]));
+    assert_eq!(doc["results"][0]["token_ids"].as_array().unwrap().len(), 5);
+}
+
+#[test]
 fn errors_are_one_line() {
     let image = fixture("images/rgb_96x64.png");
     for args in [
@@ -314,6 +332,16 @@ fn errors_are_one_line() {
             "/tmp",
             "--shard",
             "3/2",
+        ],
+        vec![
+            "match",
+            "--model",
+            &fixture("tiny-itm"),
+            "--dtype",
+            "f16",
+            "--text",
+            "a cat",
+            image.as_str(),
         ],
     ] {
         let out = blip2(&args);

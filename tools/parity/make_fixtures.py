@@ -26,6 +26,8 @@ Fixtures:
   tiny-itm/          Blip2ForImageTextRetrieval, f32, single file, BERT WordPiece tokenizer
   */goldens.safetensors + goldens.json: reference outputs computed in f32 from the weights as
                      stored (so fp16/bf16 rounding of the weights is part of the reference)
+  */generation_{f16,bf16}.*: the same generation cases run in f16 and bf16
+                     (make_half_goldens.py, also run by this script)
 """
 
 import os
@@ -540,6 +542,9 @@ def main():
     make_generation_goldens(images, out / "tiny-opt")
     make_t5(images, out / "tiny-t5")
     make_itm(images, out / "tiny-itm")
+    import make_half_goldens  # imports this module: only once the checkpoints exist
+
+    make_half_goldens.main()
     total = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"wrote {out} ({total / 1024:.0f} KiB)")
 
