@@ -9,12 +9,12 @@
 //!
 //! Options: `--image PATH` (default the fixture `rgb_96x64.png`), `--tokens N` (new tokens per
 //! caption, exactly: min = max; default 20), `--batches 1,4,8`, `--repeat N` (default 5; medians),
-//! `--backend NAME`. Run it on an otherwise idle machine.
+//! `--backend NAME`, `--dtype f32|f16|bf16` (default f32). Run it on an otherwise idle machine.
 
 use std::time::{Duration, Instant};
 
 use blip2::preprocess::{load_image, ImageLimits};
-use blip2::{Blip2, GenerationConfig, Timings};
+use blip2::{Blip2, GenerationConfig, Timings, WeightDType};
 use serde_json::json;
 
 struct Args {
@@ -24,6 +24,7 @@ struct Args {
     batches: Vec<usize>,
     repeat: usize,
     backend: Option<String>,
+    dtype: WeightDType,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -38,6 +39,7 @@ fn parse_args() -> Result<Args, String> {
         batches: vec![1, 4, 8],
         repeat: 5,
         backend: None,
+        dtype: WeightDType::F32,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -48,6 +50,7 @@ fn parse_args() -> Result<Args, String> {
             "--tokens" => args.tokens = value()?.parse().map_err(|e| format!("--tokens: {e}"))?,
             "--repeat" => args.repeat = value()?.parse().map_err(|e| format!("--repeat: {e}"))?,
             "--backend" => args.backend = Some(value()?),
+            "--dtype" => args.dtype = value()?.parse().map_err(|e| format!("--dtype: {e}"))?,
             "--batches" => {
                 args.batches = value()?
                     .split(',')
@@ -61,7 +64,7 @@ fn parse_args() -> Result<Args, String> {
     if args.model.is_empty() {
         return Err(
             "usage: cargo bench --bench pipeline -- MODEL_DIR [--tokens N] \
-                    [--batches 1,4,8] [--repeat N] [--image PATH] [--backend NAME]"
+                    [--batches 1,4,8] [--repeat N] [--image PATH] [--backend NAME] [--dtype f32|f16|bf16]"
                 .into(),
         );
     }
@@ -137,7 +140,10 @@ fn run(args: &Args) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
         None => blip2::Device::default(),
     };
     let start = Instant::now();
-    let model = Blip2::builder(&args.model).device(device).build()?;
+    let model = Blip2::builder(&args.model)
+        .device(device)
+        .dtype(args.dtype)
+        .build()?;
     let load_s = start.elapsed().as_secs_f64();
 
     let image = load_image(&args.image, ImageLimits::default())?;
@@ -193,6 +199,7 @@ fn run(args: &Args) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
     Ok(json!({
         "implementation": "blip2 (Rust, burn)",
         "backend": blip2::backend::available_backends(),
+        "dtype": args.dtype.to_string(),
         "model": args.model,
         "threads": std::thread::available_parallelism().map(usize::from).ok(),
         "tokens": args.tokens,

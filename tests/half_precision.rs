@@ -27,11 +27,13 @@ fn opt_f16() {
 
 /// The tiny T5 runs in f32 on image features computed in f16 or bf16, and its random weights
 /// amplify their rounding noise twentyfold (first logits up to 2.0 apart in bf16 while the
-/// features are 0.09 apart): its logits are held to the accuracy bound against the f32 goldens
-/// only, and its ids are not compared.
+/// features are 0.09 apart). Its features are held to the bounds in `encoder_stages`; its
+/// logits are only reported, and its ids compared over the steps whose margin exceeds the
+/// measured logit difference.
 fn features_only(precision: &Precision) -> Precision {
     Precision {
         tolerance: f32::INFINITY,
+        logits_held: false,
         ..*precision
     }
 }

@@ -54,6 +54,9 @@ pub struct Precision {
     pub json: &'static str,
     pub tensors: &'static str,
     pub tolerance: f32,
+    /// Whether logits are held to [`ACCURACY_FACTOR`] (see `features_only` in
+    /// tests/half_precision.rs for the one case where they are not).
+    pub logits_held: bool,
 }
 
 pub const F32: Precision = Precision {
@@ -61,6 +64,7 @@ pub const F32: Precision = Precision {
     json: "generation.json",
     tensors: "generation.safetensors",
     tolerance: 1e-4,
+    logits_held: true,
 };
 
 pub const F16: Precision = Precision {
@@ -68,6 +72,7 @@ pub const F16: Precision = Precision {
     json: "generation_f16.json",
     tensors: "generation_f16.safetensors",
     tolerance: F16_TOLERANCE,
+    logits_held: true,
 };
 
 pub const BF16: Precision = Precision {
@@ -75,6 +80,7 @@ pub const BF16: Precision = Precision {
     json: "generation_bf16.json",
     tensors: "generation_bf16.safetensors",
     tolerance: BF16_TOLERANCE,
+    logits_held: true,
 };
 
 /// Measured worst: 0.21 (the tiny T5's teacher-forced caption logits); OPT's at most 0.034.
@@ -83,18 +89,27 @@ pub const F16_TOLERANCE: f32 = 0.25;
 pub const BF16_TOLERANCE: f32 = 1.0;
 
 /// In f16 and bf16: how much farther from the f32 result than transformers' ours may be (root
-/// mean square). Measured: 0.7–1.5× at the vision, Q-Former and projection outputs, 0.6–1.8×
-/// for most first-step logits, and 3.9–4.3× for the tiny T5's VQA case, where its f32 encoder
-/// amplifies the f16/bf16 image features' error. Our linear layers add the bias after the
-/// product has been rounded (torch fuses it), and burn-flex's f16 matrix product loses about one
-/// unit in the last place where torch's loses half.
-pub const ACCURACY_FACTOR: f32 = 5.0;
+/// mean square). Measured on flex: 0.7–1.5× at the vision, Q-Former and projection outputs and
+/// 0.6–1.8× for OPT's first-step logits; on wgpu (lavapipe) up to 2.2×. Our linear layers add
+/// the bias after the product has been rounded (torch fuses it), and burn-flex's f16 matrix
+/// product loses about one unit in the last place where torch's loses half.
+pub const ACCURACY_FACTOR: f32 = 3.0;
 
 /// Checks that `ours` is no farther from the exact (f32) result than [`ACCURACY_FACTOR`] times
 /// transformers' result in reduced precision (`theirs`). Distances are root-mean-square: the
 /// largest error of one element is itself a noisy figure, the mean square over thousands a
 /// stable one. Returns the two distances.
 pub fn check_accuracy(key: &str, ours: &[f32], theirs: &[f32], exact: &[f32]) -> (f32, f32) {
+    let (ours, theirs) = distances_from_exact(ours, theirs, exact);
+    assert!(
+        ours <= ACCURACY_FACTOR * theirs,
+        "{key}: {ours:.3e} (rms) from the f32 result, transformers in the same precision {theirs:.3e}"
+    );
+    (ours, theirs)
+}
+
+/// Root-mean-square distances of `ours` and `theirs` from `exact`.
+pub fn distances_from_exact(ours: &[f32], theirs: &[f32], exact: &[f32]) -> (f32, f32) {
     let rms = |a: &[f32]| {
         let sum: f64 = a
             .iter()
@@ -103,12 +118,19 @@ pub fn check_accuracy(key: &str, ours: &[f32], theirs: &[f32], exact: &[f32]) ->
             .sum();
         (sum / exact.len() as f64).sqrt() as f32
     };
-    let (ours, theirs) = (rms(ours), rms(theirs));
-    assert!(
-        ours <= ACCURACY_FACTOR * theirs,
-        "{key}: {ours:.3e} (rms) from the f32 result, transformers in the same precision {theirs:.3e}"
-    );
-    (ours, theirs)
+    (rms(ours), rms(theirs))
+}
+
+/// 1 on the CPU backends; 2 on GPU backends, whose shaders compute `exp`, `erf` and `tanh` with
+/// approximations: on wgpu/lavapipe one f32 case (the tiny T5's padded batch) lands at 1.26e-4,
+/// every other at most 3.8e-5.
+pub fn backend_slack() -> f32 {
+    let device = format!("{:?}", blip2::Device::default());
+    if device.contains("Flex(") || device.contains("NdArray(") {
+        1.0
+    } else {
+        2.0
+    }
 }
 
 pub fn cases(fixture: &str) -> Vec<Value> {
@@ -184,7 +206,7 @@ pub fn run_case(fixture: &str, name: &str) {
 pub fn run_case_in(fixture: &str, name: &str, precision: &Precision) {
     let case = case_in(fixture, name, precision);
     let model = model_in(fixture, precision.dtype);
-    let tolerance = precision.tolerance;
+    let tolerance = precision.tolerance * backend_slack();
     // The largest logit difference to transformers seen in this case (first step, and every step
     // teacher-forced when the goldens have them).
     let mut noise: Option<f32> = None;
@@ -258,12 +280,13 @@ pub fn run_case_in(fixture: &str, name: &str, precision: &Precision) {
             let exact_bytes = std::fs::read(fixtures().join(fixture).join(F32.tensors)).unwrap();
             let exact = SafeTensors::deserialize(&exact_bytes).unwrap();
             let ours = logits.clone().into_data().try_into_vec_as::<f32>().unwrap();
-            let (to_f32, theirs_to_f32) = check_accuracy(
-                &key,
-                &ours,
-                &f32_values(&goldens.tensor(&key).unwrap()),
-                &f32_values(&exact.tensor(&key).unwrap()),
-            );
+            let theirs = f32_values(&goldens.tensor(&key).unwrap());
+            let exact = f32_values(&exact.tensor(&key).unwrap());
+            let (to_f32, theirs_to_f32) = if precision.logits_held {
+                check_accuracy(&key, &ours, &theirs, &exact)
+            } else {
+                distances_from_exact(&ours, &theirs, &exact)
+            };
             println!(
                 "{name}: {key} rms from f32: ours {to_f32:.2e}, transformers {theirs_to_f32:.2e}"
             );
