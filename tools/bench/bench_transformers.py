@@ -46,8 +46,11 @@ def main():
     ap.add_argument("--batches", default="1,4,8")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--dtype", choices=["f32", "f16", "bf16"], default="f32",
+                    help="from_pretrained(dtype=...); the Q-Former stays in f32 under f16, as transformers keeps it")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    dtype = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
 
     for f in sorted(args.model.glob("*.safetensors")):
         with open(f, "rb") as fh:
@@ -55,7 +58,7 @@ def main():
                 pass
     start = time.perf_counter()
     model = Blip2ForConditionalGeneration.from_pretrained(
-        str(args.model), dtype=torch.float32, attn_implementation="eager"
+        str(args.model), dtype=dtype, attn_implementation="eager"
     ).eval()
     load_s = time.perf_counter() - start
     processor = Blip2Processor.from_pretrained(str(args.model))
@@ -63,17 +66,18 @@ def main():
 
     def generate(images, tokens):
         inputs = processor(images=images, return_tensors="pt")
+        inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
         return model.generate(**inputs, max_new_tokens=tokens, min_new_tokens=tokens, num_beams=1,
                               do_sample=False)
 
     with torch.inference_mode():
-        pixel_values = processor(images=[image], return_tensors="pt")["pixel_values"]
+        pixel_values = processor(images=[image], return_tensors="pt")["pixel_values"].to(dtype)
 
         def encode():
             vision = model.vision_model(pixel_values=pixel_values).last_hidden_state
             query = model.query_tokens.expand(1, -1, -1)
             q = model.qformer(query_embeds=query, encoder_hidden_states=vision).last_hidden_state
-            return model.language_projection(q)
+            return model.language_projection(q.to(vision.dtype))
 
         encode()  # warm-up
         encode_s = median_time(encode, args.repeat)
@@ -104,6 +108,7 @@ def main():
         "versions": {"transformers": transformers.__version__, "torch": torch.__version__},
         "model": str(args.model),
         "threads": args.threads,
+        "dtype": args.dtype,
         "tokens": args.tokens,
         "load_s": load_s,
         "encode_s": encode_s,

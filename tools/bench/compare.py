@@ -17,7 +17,7 @@ def main():
         sys.exit(__doc__)
     ours, theirs = (json.load(open(p)) for p in sys.argv[1:])
     rows = [
-        ("load (fp16 files → f32)", "load_s", "s"),
+        (f"load (fp16 files → {ours.get('dtype', 'f32')})", "load_s", "s"),
         ("encode 1 image (vision + Q-Former + projection)", "encode_s", "s"),
         ("prefill (32 queries + BOS)", "prefill_s", "s"),
         ("decode per token, batch 1", "decode_s_per_token", "s"),
