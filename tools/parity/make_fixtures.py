@@ -544,7 +544,7 @@ def main():
     make_itm(images, out / "tiny-itm")
     import make_half_goldens  # imports this module: only once the checkpoints exist
 
-    make_half_goldens.main()
+    make_half_goldens.main(out)
     total = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"wrote {out} ({total / 1024:.0f} KiB)")
 
@@ -579,6 +579,25 @@ GENERATION_CASES = [
 ]
 
 
+def case_record(name, image_names, prompts, kwargs, inputs, out_ids, prompt_len, processor, pad):
+    """One generation case as the goldens' JSON stores it: the inputs, the new tokens of every
+    returned sequence (without the trailing pads of rows that finished early) and their text."""
+    new_tokens = [row[prompt_len:].tolist() for row in out_ids]
+    for seq in new_tokens:
+        while seq and seq[-1] == pad:
+            seq.pop()
+    return {
+        "name": name,
+        "images": [f"images/{n}.png" for n in image_names],
+        "prompts": prompts,
+        "generate_kwargs": kwargs,
+        "input_ids": inputs["input_ids"].tolist() if "input_ids" in inputs else None,
+        "attention_mask": inputs["attention_mask"].tolist() if "attention_mask" in inputs else None,
+        "new_tokens": new_tokens,
+        "texts": processor.batch_decode(out_ids[:, prompt_len:], skip_special_tokens=True),
+    }
+
+
 def make_generation_goldens(images, out: Path):
     """generate() with the tiny OPT: the processor's inputs, the first-step logits and the new
     token ids of every returned sequence, for greedy, batched, beam and penalised decoding."""
@@ -604,21 +623,8 @@ def make_generation_goldens(images, out: Path):
                 min_gap = min(min_gap, float((top2[:, 0] - top2[:, 1]).min()))
         # transformers returns the whole input row then the new tokens for decoder-only models.
         prompt_len = inputs["input_ids"].shape[1] if "input_ids" in inputs else NUM_QUERY_TOKENS + 1
-        new_tokens = [row[prompt_len:].tolist() for row in out_ids]
-        # Strip trailing pad tokens of finished sequences in a batch (pad_token_id = 1).
-        for seq in new_tokens:
-            while seq and seq[-1] == 1:
-                seq.pop()
-        cases.append({
-            "name": name,
-            "images": [f"images/{n}.png" for n in image_names],
-            "prompts": prompts,
-            "generate_kwargs": kwargs,
-            "input_ids": inputs["input_ids"].tolist() if "input_ids" in inputs else None,
-            "attention_mask": inputs["attention_mask"].tolist() if "attention_mask" in inputs else None,
-            "new_tokens": new_tokens,
-            "texts": processor.batch_decode(out_ids[:, prompt_len:], skip_special_tokens=True),
-        })
+        cases.append(case_record(name, image_names, prompts, kwargs, inputs, out_ids, prompt_len,
+                                 processor, pad=1))
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / "generation.safetensors"))
     meta = {"cases": cases, "min_top1_top2_logit_gap_first_step": min_gap, "pad_token_id": 1}
     (out / "generation.json").write_text(json.dumps(meta, indent=1) + "\n")
@@ -675,20 +681,8 @@ def make_t5_generation_goldens(images, out: Path, model, processor):
             tensors[f"{name}.first_logits"] = logits
             top2 = logits.topk(2, dim=-1).values
             min_gap = min(min_gap, float((top2[:, 0] - top2[:, 1]).min()))
-        new_tokens = [row[1:].tolist() for row in out_ids]  # after decoder_start_token_id
-        for seq in new_tokens:
-            while seq and seq[-1] == 0:  # padding of finished rows (pad_token_id = 0)
-                seq.pop()
-        cases.append({
-            "name": name,
-            "images": [f"images/{n}.png" for n in image_names],
-            "prompts": prompts,
-            "generate_kwargs": kwargs,
-            "input_ids": inputs["input_ids"].tolist(),
-            "attention_mask": inputs["attention_mask"].tolist(),
-            "new_tokens": new_tokens,
-            "texts": processor.batch_decode(out_ids[:, 1:], skip_special_tokens=True),
-        })
+        # The new tokens follow decoder_start_token_id.
+        cases.append(case_record(name, image_names, prompts, kwargs, inputs, out_ids, 1, processor, pad=0))
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / "generation.safetensors"))
     meta = {"cases": cases, "min_top1_top2_logit_gap_first_step": min_gap, "pad_token_id": 0}
     (out / "generation.json").write_text(json.dumps(meta, indent=1) + "\n")

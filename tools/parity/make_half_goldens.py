@@ -170,25 +170,13 @@ def write(folder: Path, tag: str, t5: bool):
             prompt_len = inputs["input_ids"].shape[1]
         else:
             prompt_len = fx.NUM_QUERY_TOKENS + 1
-        new_tokens = [row[prompt_len:].tolist() for row in out_ids]
-        forced = [list(seq) for seq in new_tokens] if greedy else None  # with the pads of finished rows
-        for seq in new_tokens:
-            while seq and seq[-1] == pad:
-                seq.pop()
-        cases.append({
-            "name": name,
-            "images": [f"images/{n}.png" for n in image_names],
-            "prompts": prompts,
-            "generate_kwargs": kwargs,
-            "input_ids": inputs["input_ids"].tolist() if "input_ids" in inputs else None,
-            "attention_mask": inputs["attention_mask"].tolist() if "attention_mask" in inputs else None,
-            "new_tokens": new_tokens,
-            # Beam search ranks summed scores of beams that start out identical: ties at every
-            # step, so no per-step margin is meaningful there.
-            "forced_tokens": forced,
-            "step_margins": step_margins(generated.scores) if kwargs.get("num_beams", 1) == 1 else None,
-            "texts": processor.batch_decode(out_ids[:, prompt_len:], skip_special_tokens=True),
-        })
+        case = fx.case_record(name, image_names, prompts, kwargs, inputs, out_ids, prompt_len, processor, pad)
+        # The greedy rows as fed back, pads of finished rows included. Beam search ranks summed
+        # scores of beams that start out identical: ties at every step, so no per-step margin is
+        # meaningful there.
+        case["forced_tokens"] = [row[prompt_len:].tolist() for row in out_ids] if greedy else None
+        case["step_margins"] = step_margins(generated.scores) if greedy else None
+        cases.append(case)
     tensors.update(encoder_outputs(folder, model, dtype))
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / f"generation_{tag}.safetensors"))
     meta = {"dtype": tag, "cases": cases, "min_top1_top2_logit_gap_first_step": min_gap, "pad_token_id": pad}
@@ -199,10 +187,9 @@ def write(folder: Path, tag: str, t5: bool):
           f"ids differing from f32: {differ or 'none'}")
 
 
-def main():
+def main(fixtures: Path = fx.ROOT / "tests" / "fixtures"):
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(1)
-    fixtures = fx.ROOT / "tests" / "fixtures"
     for tag in DTYPES:
         write(fixtures / "tiny-opt", tag, t5=False)
         write(fixtures / "tiny-t5", tag, t5=True)
