@@ -50,3 +50,19 @@ pub fn device(name: &str) -> Result<Device> {
         ))
     })
 }
+
+/// Whether `device` belongs to a CPU backend (flex, ndarray), which has no buffer-size limit
+/// below the host's memory.
+pub fn is_cpu(device: &Device) -> bool {
+    #[cfg(feature = "flex")]
+    if *device == Device::flex() {
+        return true;
+    }
+    #[cfg(feature = "ndarray")]
+    #[allow(deprecated)]
+    if *device == Device::ndarray() {
+        return true;
+    }
+    let _ = device;
+    false
+}

@@ -50,7 +50,8 @@ pub use retrieval::{Blip2Retrieval, RankedText, TokenizedTexts};
 pub mod lm {
     pub use blip2_lm::generation::{Prompt, DEFAULT_MAX_NEW_TOKENS};
     pub use blip2_lm::{
-        generate, GeneratedSequence, LanguageModel, OptForCausalLM, T5ForConditionalGeneration,
+        check_device, generate, read_back, GeneratedSequence, LanguageModel, OptForCausalLM,
+        T5ForConditionalGeneration,
     };
 }
 pub use image;

@@ -213,6 +213,12 @@ impl Blip2 {
             .pad_token_id
             .or(generation.eos_token_id.first().copied())
             .unwrap_or(0);
+        if !crate::backend::is_cpu(device) {
+            match &language_model {
+                TextModel::Opt(lm) => blip2_lm::check_device(lm.as_ref())?,
+                TextModel::T5(lm) => blip2_lm::check_device(lm.as_ref())?,
+            }
+        }
         checkpoint.warn_unread();
         Ok(Blip2 {
             encoder,

@@ -286,7 +286,7 @@ impl Blip2Retrieval {
 }
 
 fn to_vec<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
-    t.into_data()
+    blip2_lm::read_back(t)?
         .try_into_vec_as::<f32>()
         .map_err(|e| Error::InvalidInput(format!("tensor data: {e:?}")))
 }

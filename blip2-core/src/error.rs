@@ -192,6 +192,12 @@ pub enum Error {
     /// An argument a caller passed is not usable (empty batch, mismatched counts, ...).
     #[error("invalid input: {0}")]
     InvalidInput(String),
+
+    /// The backend could not store or compute a tensor: for instance a GPU driver that cannot
+    /// bind a buffer as large as a weight (lavapipe and WebGPU's defaults stop at 128 MiB, while
+    /// OPT-2.7b's embedding is 515 MB in f32).
+    #[error("the backend failed: {0}")]
+    Backend(String),
 }
 
 fn display_paths(paths: &[PathBuf]) -> String {

@@ -341,8 +341,7 @@ fn argmax(x: &[f32]) -> usize {
 /// Host copy of `[rows, vocab]` logits.
 fn rows_of(logits: Tensor<2>) -> Result<Vec<Vec<f32>>> {
     let [rows, vocab] = logits.dims();
-    let flat = logits
-        .into_data()
+    let flat = crate::read_back(logits)?
         .try_into_vec_as::<f32>()
         .map_err(|e| Error::InvalidInput(format!("logits: {e:?}")))?;
     Ok((0..rows)

@@ -51,6 +51,25 @@ pub trait LanguageModel: Send + Sync {
 }
 
 /// Checks a prefill's inputs: at least one row, a non-empty prompt, and a mask of the same shape.
+/// Runs a one-token prompt through `lm` and reads its logits back: an error, rather than a
+/// failure in the middle of generation, when the device cannot hold or run the model (GPU drivers
+/// that refuse buffers larger than their binding limit only say so when results are read).
+pub fn check_device<M: LanguageModel>(lm: &M) -> Result<()> {
+    let embeds = lm.embed_tokens(&[vec![0]])?;
+    let (_, logits) = lm.prefill(embeds, &[vec![true]], 1)?;
+    read_back(logits).map(drop)
+}
+
+/// The host copy of `t`, or [`Error::Backend`] when the device failed to compute it.
+pub fn read_back<const D: usize>(t: Tensor<D>) -> Result<burn::tensor::TensorData> {
+    t.try_into_data().map_err(|e| {
+        Error::Backend(format!(
+            "{} (a weight may exceed what the device can bind in one buffer)",
+            e.to_string().lines().collect::<Vec<_>>().join(" ")
+        ))
+    })
+}
+
 pub(crate) fn check_prompt(
     embeds: &Tensor<3>,
     attention_mask: &[Vec<bool>],
