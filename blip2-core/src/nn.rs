@@ -122,8 +122,9 @@ pub fn linear(
 }
 
 /// `nn.LayerNorm`, computed in f32 whatever the precision of its input, the result rounded back to
-/// that precision once: PyTorch's kernels accumulate f16 and bf16 inputs in f32 likewise, and the
-/// mean and variance of a wide row lose too much in 11 significant bits.
+/// that precision once, as PyTorch's kernels do for f16 and bf16 inputs. The result then does not
+/// depend on how a backend reduces half-precision rows (burn-flex already gives the same either
+/// way; GPU backends need not).
 #[derive(Module, Debug)]
 pub struct Norm {
     inner: LayerNorm,
