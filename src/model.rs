@@ -133,14 +133,13 @@ impl Blip2Builder {
     /// Loads the model.
     pub fn build(self) -> Result<Blip2> {
         let device = self.device.unwrap_or_default();
-        check_dtype(&device, self.dtype)?;
         let checkpoint = Checkpoint::open(&self.model, self.revision.as_deref())?;
         Blip2::load_with_dtype(&checkpoint, &device, self.dtype)
     }
 }
 
 /// An error unless `device`'s backend runs `dtype`.
-pub(crate) fn check_dtype(device: &Device, dtype: WeightDType) -> Result<()> {
+fn check_dtype(device: &Device, dtype: WeightDType) -> Result<()> {
     if device.supports_dtype(dtype.to_burn()) {
         Ok(())
     } else {

@@ -1,6 +1,7 @@
 //! f16 and bf16 against transformers run in the same precision split (goldens from
-//! `tools/parity/make_half_goldens.py`): first-step logits within the precision's tolerance,
-//! generated ids exactly.
+//! `tools/parity/make_half_goldens.py`): encoder stages, first-step and teacher-forced logits
+//! within the precision's tolerance and accuracy bound, generated ids over the steps where
+//! transformers' choice was clear (see `tests/common/mod.rs`).
 
 mod common;
 
@@ -67,14 +68,10 @@ fn encoder_stages(fixture: &str, precision: &Precision) {
     let f32_goldens = SafeTensors::deserialize(&f32_bytes).unwrap();
     let half_bytes = std::fs::read(dir.join(precision.tensors)).unwrap();
     let half_goldens = SafeTensors::deserialize(&half_bytes).unwrap();
-    let pixels = common::f32_values(&f32_goldens.tensor("pixel_values").unwrap());
-    let shape: [usize; 4] = f32_goldens
-        .tensor("pixel_values")
-        .unwrap()
-        .shape()
-        .try_into()
-        .unwrap();
-    let pixels = Tensor::<4>::from_data(TensorData::new(pixels, shape), &device);
+    let pixels = f32_goldens.tensor("pixel_values").unwrap();
+    let shape: [usize; 4] = pixels.shape().try_into().unwrap();
+    let pixels =
+        Tensor::<4>::from_data(TensorData::new(common::f32_values(&pixels), shape), &device);
     let vision = encoder.vision().forward(pixels).unwrap().last_hidden_state;
     let qformer = encoder.qformer().forward_queries(vision.clone()).unwrap();
     let projected = encoder.project(qformer.clone()).unwrap();
@@ -86,12 +83,8 @@ fn encoder_stages(fixture: &str, precision: &Precision) {
     for (key, ours) in stages {
         let theirs = common::f32_values(&half_goldens.tensor(&format!("encoder.{key}")).unwrap());
         let exact = common::f32_values(&f32_goldens.tensor(key).unwrap());
-        let ours = ours.into_data().try_into_vec_as::<f32>().unwrap();
-        let to_theirs = ours
-            .iter()
-            .zip(&theirs)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let ours = common::values(ours);
+        let to_theirs = common::max_abs(&ours, &theirs);
         let (to_f32, theirs_to_f32) = common::check_accuracy(key, &ours, &theirs, &exact);
         println!(
             "{fixture} {:?} {key}: max-abs to transformers {to_theirs:.2e}; rms from f32: ours {to_f32:.2e}, transformers {theirs_to_f32:.2e}",

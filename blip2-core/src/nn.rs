@@ -56,7 +56,7 @@ impl Dense {
 
     /// The dtype of the weight, which is also the dtype of the output.
     pub fn dtype(&self) -> DType {
-        self.weight.val().dtype()
+        self.weight.dtype()
     }
 
     /// Applies the layer to the last dimension of `x` (`[..., in]` → `[..., out]`).

@@ -292,7 +292,7 @@ impl LanguageModel for OptForCausalLM {
             self.num_heads,
             capacity,
             head_dim,
-            (&device, self.embed_tokens.val().dtype()),
+            (&device, self.embed_tokens.dtype()),
         );
         let logits = self.run(embeds, positions, mask, &mut cache);
         Ok((

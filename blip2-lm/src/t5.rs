@@ -415,7 +415,7 @@ impl LanguageModel for T5ForConditionalGeneration {
             self.num_heads,
             1 + max_new_tokens,
             self.head_dim,
-            (&device, self.shared.val().dtype()),
+            (&device, self.shared.dtype()),
         );
         let mut state = T5State {
             cache,

@@ -75,7 +75,7 @@ impl Blip2VisionEmbeddings {
         // the conv's row-major output order, each flattened in the conv weight's (c, kh, kw) order.
         // Pixels come in f32; the model may run in another precision (as transformers casts them).
         let patches = pixel_values
-            .cast(self.patch_weight.val().dtype())
+            .cast(self.patch_weight.dtype())
             .reshape([batch, 3, gh, ph, gw, pw])
             .permute([0, 2, 4, 1, 3, 5])
             .reshape([batch, gh * gw, 3 * ph * pw]);

@@ -390,7 +390,9 @@ def vision_qformer_goldens(model, pixel_values):
         qformer = model.qformer(query_embeds=query, encoder_hidden_states=vision, encoder_attention_mask=mask).last_hidden_state
         out = {"vision_last_hidden_state": vision, "qformer_last_hidden_state": qformer}
         if hasattr(model, "language_projection"):
-            out["language_projection"] = model.language_projection(qformer)
+            # As Blip2ForConditionalGeneration: the Q-Former's output in the vision model's dtype
+            # (they differ when the Q-Former is kept in f32 under f16).
+            out["language_projection"] = model.language_projection(qformer.to(vision.dtype))
     return out
 
 

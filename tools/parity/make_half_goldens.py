@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import AutoProcessor, Blip2Config, Blip2ForConditionalGeneration
 
@@ -34,8 +35,8 @@ DTYPES = {"f16": torch.float16, "bf16": torch.bfloat16}
 def load_f32(folder: Path):
     """The checkpoint in float32, from its stored weights. The tiny T5 stores the hub's older
     `q_bias` / `v_bias` vision layout, which transformers 5 no longer loads: fuse it back."""
-    index = folder / "model.safetensors.index.json"
-    if index.exists() or "q_bias" not in "".join(load_file(str(folder / "model.safetensors"))):
+    single = folder / "model.safetensors"
+    if not single.exists() or not any(k.endswith("q_bias") for k in safe_open(str(single), "pt").keys()):
         return Blip2ForConditionalGeneration.from_pretrained(str(folder), dtype=torch.float32).eval()
     config = Blip2Config.from_pretrained(str(folder))
     model = Blip2ForConditionalGeneration(config).eval()
@@ -97,21 +98,10 @@ def step_margins(scores):
 
 def encoder_outputs(folder: Path, model, dtype):
     """Vision, Q-Former and projection outputs for the pixel values of goldens.safetensors, stored
-    as f32 under `encoder.*` (the Q-Former's in its own precision, the projection's input cast to
-    the vision model's, as Blip2ForConditionalGeneration does)."""
+    as f32 under `encoder.*`."""
     pixel_values = load_file(str(folder / "goldens.safetensors"))["pixel_values"].to(dtype)
-    with torch.no_grad():
-        vision = model.vision_model(pixel_values=pixel_values).last_hidden_state
-        queries = model.query_tokens.expand(pixel_values.shape[0], -1, -1)
-        mask = torch.ones(vision.shape[:-1], dtype=torch.long)
-        qformer = model.qformer(query_embeds=queries, encoder_hidden_states=vision,
-                                encoder_attention_mask=mask).last_hidden_state
-        projection = model.language_projection(qformer.to(vision.dtype))
-    return {
-        "encoder.vision_last_hidden_state": vision.float(),
-        "encoder.qformer_last_hidden_state": qformer.float(),
-        "encoder.language_projection": projection.float(),
-    }
+    stages = fx.vision_qformer_goldens(model, pixel_values)
+    return {f"encoder.{k}": v.float() for k, v in stages.items()}
 
 
 def first_logits_and_encoder(model, inputs, t5: bool):
