@@ -5,6 +5,7 @@
 //! ```
 
 use std::io::Write;
+use std::ops::ControlFlow;
 
 use blip2::preprocess::{load_image, ImageLimits};
 use blip2::Blip2;
@@ -26,6 +27,7 @@ fn main() {
             &mut |piece| {
                 print!("{piece}");
                 let _ = std::io::stdout().flush();
+                ControlFlow::Continue(())
             },
         )?;
         println!();

@@ -32,6 +32,7 @@ mod checkpoint;
 mod encoder;
 mod model;
 mod retrieval;
+mod stream;
 
 pub use blip2_core::config;
 pub use blip2_core::config::EarlyStopping;

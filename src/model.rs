@@ -11,8 +11,10 @@ use blip2_lm::{
 };
 use burn::tensor::{Device, Tensor};
 use image::DynamicImage;
+use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
+use crate::stream::TextStream;
 use crate::{Checkpoint, ImageEmbeddings, ImageEncoder};
 
 /// The default question template of [`Blip2::ask`], as in the BLIP-2 paper and model cards.
@@ -327,7 +329,13 @@ impl Blip2 {
         prompts: &[&str],
         config: &GenerationConfig,
     ) -> Result<Vec<Vec<Generation>>> {
-        self.run(embeddings, prompts, config, &mut |_| {}, None)
+        self.run(
+            embeddings,
+            prompts,
+            config,
+            &mut |_| ControlFlow::Continue(()),
+            None,
+        )
     }
 
     /// Like [`Blip2::generate`], also reporting where the time went.
@@ -350,7 +358,7 @@ impl Blip2 {
             &embeddings,
             prompts,
             config,
-            &mut |_| {},
+            &mut |_| ControlFlow::Continue(()),
             Some(&mut timings),
         )?;
         Ok((out, timings))
@@ -358,12 +366,18 @@ impl Blip2 {
 
     /// Generates for one image and prompt (`None` to caption), calling `on_text` with each new
     /// piece of decoded text as tokens are produced. Greedy search or sampling only.
+    ///
+    /// The pieces, concatenated, are exactly the returned [`Generation::text`]: a piece is
+    /// emitted only once its characters are complete (byte-level BPE splits multi-byte
+    /// characters over several tokens). Return [`ControlFlow::Break`] from `on_text` to stop
+    /// generating (say, when a client has gone away); the result then has
+    /// [`StopReason::Stopped`] and the text streamed so far.
     pub fn generate_stream(
         &self,
         image: &DynamicImage,
         prompt: Option<&str>,
         config: &GenerationConfig,
-        on_text: &mut dyn FnMut(&str),
+        on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
     ) -> Result<Generation> {
         if config.num_beams > 1 || config.num_return_sequences > 1 {
             return Err(Error::InvalidInput(
@@ -372,27 +386,28 @@ impl Blip2 {
         }
         let embeddings = self.encode_images(std::slice::from_ref(image))?;
         let prompts: Vec<&str> = prompt.into_iter().collect();
-        let mut tokens: Vec<u32> = Vec::new();
-        let mut emitted = String::new();
-        let mut on_step = |chosen: &[Option<u32>]| {
-            if let Some(Some(t)) = chosen.first() {
-                tokens.push(*t);
-                if let Ok(text) = self.tokenizer.decode(&tokens, true) {
-                    let text = text.trim_start();
-                    if let Some(piece) = text.strip_prefix(emitted.as_str()) {
-                        if !piece.is_empty() {
-                            on_text(piece);
-                            emitted = text.to_owned();
-                        }
-                    }
-                }
-            }
+        let decode = |ids: &[u32]| self.tokenizer.decode(ids, true).unwrap_or_default();
+        let mut stream = TextStream::default();
+        let mut on_step = |chosen: &[Option<u32>]| match chosen.first() {
+            Some(Some(token)) => match stream.push(*token, decode) {
+                Some(piece) => on_text(&piece),
+                None => ControlFlow::Continue(()),
+            },
+            _ => ControlFlow::Continue(()),
         };
         let out = self.run(&embeddings, &prompts, config, &mut on_step, None)?;
-        out.into_iter()
+        let generation = out
+            .into_iter()
             .next()
             .and_then(|v| v.into_iter().next())
-            .ok_or_else(|| Error::InvalidInput("nothing generated".to_owned()))
+            .ok_or_else(|| Error::InvalidInput("nothing generated".to_owned()))?;
+        if generation.stop_reason != StopReason::Stopped {
+            if let Some(rest) = stream.finish(decode) {
+                // Generation is over: the caller can no longer stop it.
+                let _ = on_text(&rest);
+            }
+        }
+        Ok(generation)
     }
 
     fn run(
@@ -400,7 +415,7 @@ impl Blip2 {
         embeddings: &ImageEmbeddings,
         prompts: &[&str],
         config: &GenerationConfig,
-        on_step: &mut dyn FnMut(&[Option<u32>]),
+        on_step: &mut dyn FnMut(&[Option<u32>]) -> ControlFlow<()>,
         timings: Option<&mut Timings>,
     ) -> Result<Vec<Vec<Generation>>> {
         let prompt = self.prompt(embeddings, prompts)?;
@@ -537,7 +552,7 @@ fn generate_with<M: LanguageModel>(
     lm: &M,
     prompt: Prompt,
     config: &GenerationConfig,
-    on_step: &mut dyn FnMut(&[Option<u32>]),
+    on_step: &mut dyn FnMut(&[Option<u32>]) -> ControlFlow<()>,
     timings: Option<&mut Timings>,
 ) -> Result<Vec<Vec<GeneratedSequence>>> {
     let Some(timings) = timings else {

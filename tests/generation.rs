@@ -5,8 +5,10 @@
 
 mod common;
 
+use std::ops::ControlFlow;
+
 use blip2::preprocess::{load_image, ImageLimits};
-use blip2::{Blip2, GenerationConfig};
+use blip2::{Blip2, GenerationConfig, StopReason};
 use common::{case, cases, fixtures, images, prompts};
 use serde_json::Value;
 
@@ -185,7 +187,10 @@ fn caption_ask_and_stream() {
     };
     let mut pieces = Vec::new();
     let done = model
-        .generate_stream(&img, None, &config, &mut |p| pieces.push(p.to_owned()))
+        .generate_stream(&img, None, &config, &mut |p| {
+            pieces.push(p.to_owned());
+            ControlFlow::Continue(())
+        })
         .unwrap();
     assert!(pieces.len() > 1);
     assert_eq!(pieces.concat().trim(), done.text);
@@ -198,6 +203,96 @@ fn caption_ask_and_stream() {
             .map(|v| v.as_u64().unwrap() as u32)
             .collect::<Vec<_>>()
     );
+}
+
+/// Every fixture image, 30 tokens or more, greedy and sampled: the streamed pieces concatenate to
+/// the text `generate` returns for the same settings (the tiny model's byte-level BPE splits
+/// multi-byte characters over tokens, which once made the stream drop text).
+#[test]
+fn streamed_pieces_are_the_generated_text_on_every_image() {
+    let model = model();
+    let dir = fixtures().join("images");
+    let mut paths: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "png"))
+        .collect();
+    paths.sort();
+    assert!(paths.len() >= 8, "{paths:?}");
+    let greedy = GenerationConfig {
+        min_new_tokens: Some(30),
+        max_new_tokens: Some(40),
+        ..model.generation_config().clone()
+    };
+    let sampled = GenerationConfig {
+        do_sample: true,
+        seed: 7,
+        ..greedy.clone()
+    };
+    let mut split_characters = 0;
+    for path in &paths {
+        let img = load_image(path, ImageLimits::default()).unwrap();
+        for config in [&greedy, &sampled] {
+            let mut pieces = Vec::new();
+            let streamed = model
+                .generate_stream(&img, None, config, &mut |p| {
+                    pieces.push(p.to_owned());
+                    ControlFlow::Continue(())
+                })
+                .unwrap();
+            let generated = &model
+                .generate(std::slice::from_ref(&img), &[], config)
+                .unwrap()[0][0];
+            assert!(generated.token_ids.len() >= 30);
+            assert_eq!(streamed, *generated, "{}", path.display());
+            assert_eq!(
+                pieces.concat(),
+                generated.text,
+                "{}: {pieces:?}",
+                path.display()
+            );
+            assert!(pieces.iter().all(|p| !p.is_empty()));
+            // How often a token ended inside a character (its own decode is not valid UTF-8).
+            let tokenizer = model.tokenizer();
+            split_characters += generated
+                .token_ids
+                .iter()
+                .filter(|&&t| tokenizer.decode(&[t], true).unwrap().contains('\u{FFFD}'))
+                .count();
+        }
+    }
+    println!("{split_characters} generated tokens ended inside a multi-byte character");
+    assert!(
+        split_characters > 0,
+        "the case this test is for never came up"
+    );
+}
+
+#[test]
+fn the_stream_callback_can_stop_generation() {
+    let model = model();
+    let config = GenerationConfig {
+        min_new_tokens: Some(30),
+        max_new_tokens: Some(30),
+        ..model.generation_config().clone()
+    };
+    let mut pieces = Vec::new();
+    let stopped = model
+        .generate_stream(&photo(), None, &config, &mut |p| {
+            pieces.push(p.to_owned());
+            if pieces.len() == 3 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .unwrap();
+    assert_eq!(pieces.len(), 3);
+    assert_eq!(stopped.stop_reason, StopReason::Stopped);
+    assert!(stopped.token_ids.len() < 30, "{:?}", stopped.token_ids);
+    let full = &model.generate(&[photo()], &[], &config).unwrap()[0][0];
+    assert!(full.token_ids.starts_with(&stopped.token_ids));
+    assert!(full.text.starts_with(&pieces.concat()));
 }
 
 #[test]

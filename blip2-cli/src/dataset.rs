@@ -23,12 +23,13 @@ pub struct DatasetArgs {
     /// A folder of images (files with image extensions, sorted by path; not recursive).
     #[arg(long)]
     dir: Option<PathBuf>,
-    /// Write JSON lines here (appended to with --resume) instead of stdout.
+    /// Write JSON lines here instead of stdout. Lines are appended, each in one write, so that
+    /// several shards can share one file; an existing file is continued only with --resume.
     #[arg(long)]
     output: Option<PathBuf>,
-    /// Images per batch.
-    #[arg(long, default_value_t = 8)]
-    batch_size: usize,
+    /// Images per batch (also for images listed on the command line).
+    #[arg(long, default_value_t = DEFAULT_BATCH_SIZE)]
+    pub batch_size: usize,
     /// Take every N-th image starting at I (0-based): `--shard I/N`.
     #[arg(long)]
     shard: Option<String>,
@@ -37,7 +38,24 @@ pub struct DatasetArgs {
     resume: bool,
 }
 
+/// Images per batch unless `--batch-size` says otherwise.
+pub const DEFAULT_BATCH_SIZE: usize = 8;
+
 impl DatasetArgs {
+    /// Mistakes in these options alone, reported before any model is loaded.
+    pub fn check_usage(&self) -> Result<(), AnyError> {
+        if self.batch_size == 0 {
+            return Err("--batch-size must be at least 1".into());
+        }
+        if let Some(shard) = &self.shard {
+            if self.dir.is_none() && self.input_list.is_none() {
+                return Err("--shard splits a dataset: give --dir or --input-list".into());
+            }
+            parse_shard(shard)?;
+        }
+        Ok(())
+    }
+
     /// Whether the dataset options are in use.
     pub fn is_dataset_mode(&self) -> bool {
         self.input_list.is_some() || self.dir.is_some() || self.output.is_some()
@@ -106,6 +124,12 @@ fn drop_partial_line(output: &Path) -> Result<(), AnyError> {
     Ok(())
 }
 
+/// What identifies an image across runs: its canonical path (so `ds/a.jpg` and `./ds/a.jpg` are
+/// one image), or the path as written when it cannot be resolved (a file gone since).
+fn image_key(path: &str) -> String {
+    std::fs::canonicalize(path).map_or_else(|_| path.to_owned(), |p| p.display().to_string())
+}
+
 fn already_done(output: &Path) -> Result<HashSet<String>, AnyError> {
     let mut done = HashSet::new();
     let Ok(file) = File::open(output) else {
@@ -116,64 +140,101 @@ fn already_done(output: &Path) -> Result<HashSet<String>, AnyError> {
         // A line cut short by an interrupted run is not done.
         if let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) {
             if let Some(image) = value["image"].as_str() {
-                done.insert(image.to_owned());
+                done.insert(image_key(image));
             }
         }
     }
     Ok(done)
 }
 
-/// Captions the dataset described by `args` (plus `extra` images), writing one JSON line per
-/// image as batches finish: `{"image", "text", "token_ids", "stop_reason"}` or
-/// `{"image", "error"}` for an image that could not be read.
+/// A dataset run whose inputs and output have been checked, ready for a model: built before the
+/// model loads, so that a wrong folder, list, shard or output costs nothing.
+pub struct DatasetRun {
+    images: Vec<String>,
+    listed: usize,
+    skipped: usize,
+    batch_size: usize,
+    out: Box<dyn Write>,
+}
+
+impl DatasetRun {
+    /// Lists the dataset described by `args` (plus `extra` images), takes this shard, drops what
+    /// the output already holds (`--resume`) and opens the output.
+    pub fn prepare(args: &DatasetArgs, extra: &[String]) -> Result<Self, AnyError> {
+        args.check_usage()?;
+        let mut images = list_images(args, extra)?;
+        if let Some(shard) = &args.shard {
+            let (i, n) = parse_shard(shard)?;
+            images = images
+                .into_iter()
+                .enumerate()
+                .filter(|(k, _)| k % n == i)
+                .map(|(_, p)| p)
+                .collect();
+        }
+        let listed = images.len();
+        if listed == 0 {
+            return Err("the dataset (this shard of it) lists no images".into());
+        }
+        if args.resume {
+            let output = args.output.as_deref().expect("clap requires --output");
+            drop_partial_line(output)?;
+            let done = already_done(output)?;
+            images.retain(|p| !done.contains(&image_key(p)));
+        }
+        let skipped = listed - images.len();
+        let out: Box<dyn Write> = match &args.output {
+            Some(path) => {
+                if !args.resume && std::fs::metadata(path).is_ok_and(|m| m.len() > 0) {
+                    return Err(format!(
+                        "{} already holds results: pass --resume to continue it, or remove it",
+                        path.display()
+                    )
+                    .into());
+                }
+                // O_APPEND and one write per line: processes sharing the file never interleave.
+                Box::new(
+                    OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(path)
+                        .map_err(|e| format!("cannot write {}: {e}", path.display()))?,
+                )
+            }
+            None => Box::new(std::io::stdout()),
+        };
+        Ok(Self {
+            images,
+            listed,
+            skipped,
+            batch_size: args.batch_size,
+            out,
+        })
+    }
+}
+
+/// Captions a prepared dataset run, writing one JSON line per image as batches finish:
+/// `{"image", "text", "token_ids", "stop_reason"}` (plus `"sequences"` when there are several),
+/// or `{"image", "error"}` for an image that could not be read; then a summary on stderr.
 pub fn caption_dataset(
     blip2: &Blip2,
     config: &GenerationConfig,
-    extra: &[String],
-    args: &DatasetArgs,
+    run: DatasetRun,
 ) -> Result<(), AnyError> {
-    if args.batch_size == 0 {
-        return Err("--batch-size must be at least 1".into());
-    }
-    let mut images = list_images(args, extra)?;
-    if let Some(shard) = &args.shard {
-        let (i, n) = parse_shard(shard)?;
-        images = images
-            .into_iter()
-            .enumerate()
-            .filter(|(k, _)| k % n == i)
-            .map(|(_, p)| p)
-            .collect();
-    }
-    if args.resume {
-        let output = args.output.as_deref().expect("clap requires --output");
-        drop_partial_line(output)?;
-        let done = already_done(output)?;
-        images.retain(|p| !done.contains(p));
-    }
-    let mut out: Box<dyn Write> = match &args.output {
-        Some(path) => {
-            let mut options = OpenOptions::new();
-            options.create(true);
-            if args.resume {
-                options.append(true);
-            } else {
-                options.write(true).truncate(true);
-            }
-            Box::new(
-                options
-                    .open(path)
-                    .map_err(|e| format!("cannot write {}: {e}", path.display()))?,
-            )
-        }
-        None => Box::new(std::io::stdout()),
-    };
+    let DatasetRun {
+        images,
+        listed,
+        skipped,
+        batch_size,
+        mut out,
+    } = run;
+    let (mut captioned, mut failed) = (0, 0);
     let bar = ProgressBar::new(images.len() as u64);
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} images, {per_sec}, ETA {eta}")
             .expect("valid template"),
     );
-    for batch in images.chunks(args.batch_size) {
+    for batch in images.chunks(batch_size) {
         let mut lines: Vec<Option<serde_json::Value>> = vec![None; batch.len()];
         let mut decoded = Vec::new();
         let mut slots = Vec::new();
@@ -183,27 +244,41 @@ pub fn caption_dataset(
                     decoded.push(image);
                     slots.push(k);
                 }
-                Err(e) => lines[k] = Some(json!({ "image": path, "error": e.to_string() })),
+                Err(e) => {
+                    failed += 1;
+                    lines[k] = Some(json!({ "image": path, "error": e.to_string() }));
+                }
             }
         }
         if !decoded.is_empty() {
             let generations = blip2.generate(&decoded, &[], config)?;
             for (slot, gens) in slots.into_iter().zip(generations) {
-                let g = &gens[0];
-                lines[slot] = Some(json!({
-                    "image": batch[slot],
-                    "text": g.text,
-                    "token_ids": g.token_ids,
-                    "stop_reason": stop_reason(g.stop_reason),
-                }));
+                captioned += 1;
+                let sequence = |g: &blip2::Generation| {
+                    json!({
+                        "text": g.text,
+                        "token_ids": g.token_ids,
+                        "stop_reason": stop_reason(g.stop_reason),
+                    })
+                };
+                let mut line = sequence(&gens[0]);
+                line["image"] = batch[slot].clone().into();
+                if gens.len() > 1 {
+                    line["sequences"] = gens.iter().map(sequence).collect();
+                }
+                lines[slot] = Some(line);
             }
         }
         for line in lines.into_iter().flatten() {
-            writeln!(out, "{line}")?;
+            out.write_all(format!("{line}\n").as_bytes())?;
         }
         out.flush()?;
         bar.inc(batch.len() as u64);
     }
     bar.finish_and_clear();
+    eprintln!("captioned {captioned}, failed {failed}, skipped {skipped} (already in the output)");
+    if captioned == 0 && skipped < listed {
+        return Err("no image was captioned".into());
+    }
     Ok(())
 }

@@ -27,12 +27,51 @@ use serde_json::{json, Value};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Print errors only (no warnings) on stderr.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+    /// More on stderr: -v for progress information, -vv for debugging. Without -q or -v,
+    /// `RUST_LOG` (e.g. `RUST_LOG=blip2=debug`) chooses; the default is warnings.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
 }
+
+/// Sends the libraries' `tracing` events (warnings such as unused tensors or truncated texts) to
+/// stderr, at the level `-q`/`-v` or `RUST_LOG` asks for.
+fn init_logging(quiet: bool, verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let level = match (quiet, verbose) {
+        (true, _) => Some("error"),
+        (false, 0) => None,
+        (false, 1) => Some("info"),
+        (false, _) => Some("debug"),
+    };
+    let filter = match level {
+        Some(level) => EnvFilter::new(level),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .without_time()
+        .init();
+}
+
+/// The model of `caption`, `ask`, `generate` and `inspect` when `--model` is not given.
+const GENERATION_MODEL: &str = "Salesforce/blip2-opt-2.7b";
+/// The model of `match` and `embed` when `--model` is not given.
+const RETRIEVAL_MODEL: &str = "Salesforce/blip2-itm-vit-g";
 
 #[derive(Args, Clone)]
 struct ModelArgs {
     /// A model folder, or a hub id already in the Hugging Face cache (nothing is downloaded).
-    #[arg(long, default_value = "Salesforce/blip2-opt-2.7b")]
+    /// Default: Salesforce/blip2-opt-2.7b; for `match` and `embed`, Salesforce/blip2-itm-vit-g.
+    #[arg(long = "model", value_name = "MODEL")]
+    model_arg: Option<String>,
+    /// `--model`, or the command's default ([`ModelArgs::resolve`]).
+    #[arg(skip)]
     model: String,
     /// Branch, tag or commit of a hub id.
     #[arg(long)]
@@ -47,6 +86,13 @@ struct ModelArgs {
     /// Print one JSON document on stdout.
     #[arg(long)]
     json: bool,
+}
+
+impl ModelArgs {
+    /// Sets `model` to `--model`, or to `default` when it was not given.
+    fn resolve(&mut self, default: &str) {
+        self.model = self.model_arg.clone().unwrap_or_else(|| default.to_owned());
+    }
 }
 
 /// transformers' generation options; unset ones take the checkpoint's defaults.
@@ -95,7 +141,30 @@ struct GenerationArgs {
 }
 
 impl GenerationArgs {
+    /// Warnings about flags that the other flags make meaningless (transformers warns the same).
+    fn warnings(&self) -> Vec<String> {
+        let sampling_only = [
+            ("--temperature", self.temperature.is_some()),
+            ("--top-k", self.top_k.is_some()),
+            ("--top-p", self.top_p.is_some()),
+            ("--seed", self.seed.is_some()),
+        ];
+        if self.do_sample {
+            return Vec::new();
+        }
+        sampling_only
+            .iter()
+            .filter(|(_, given)| *given)
+            .map(|(flag, _)| format!("{flag} only applies with --do-sample: ignored"))
+            .collect()
+    }
+
+    /// The checkpoint's generation settings with these flags applied. Sampling without `--seed`
+    /// takes a fresh seed each run (report it with `--json` to repeat a run).
     fn apply(&self, base: &GenerationConfig) -> GenerationConfig {
+        for warning in self.warnings() {
+            eprintln!("warning: {warning}");
+        }
         let mut c = base.clone();
         c.max_new_tokens = self.max_new_tokens.or(c.max_new_tokens);
         c.min_new_tokens = self.min_new_tokens.or(c.min_new_tokens);
@@ -108,7 +177,11 @@ impl GenerationArgs {
         c.repetition_penalty = self.repetition_penalty.unwrap_or(c.repetition_penalty);
         c.no_repeat_ngram_size = self.no_repeat_ngram_size.unwrap_or(c.no_repeat_ngram_size);
         c.num_return_sequences = self.num_return_sequences.unwrap_or(c.num_return_sequences);
-        c.seed = self.seed.unwrap_or(c.seed);
+        c.seed = match self.seed {
+            Some(seed) => seed,
+            None if c.do_sample => fresh_seed(),
+            None => c.seed,
+        };
         c
     }
 }
@@ -181,9 +254,25 @@ enum Command {
     },
 }
 
+/// A seed that differs from run to run (std's randomly keyed hasher, over the clock).
+fn fresh_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    hasher.finish()
+}
+
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    init_logging(cli.quiet, cli.verbose);
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`blip2 embed … | head -c 10`): nothing left to tell anyone.
+        Err(e) if is_broken_pipe(e.as_ref()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
@@ -191,10 +280,41 @@ fn main() -> ExitCode {
     }
 }
 
+fn is_broken_pipe(e: &(dyn std::error::Error + 'static)) -> bool {
+    e.downcast_ref::<std::io::Error>()
+        .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+}
+
+/// `println!` that returns the write error (a closed pipe) instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+
 /// Any error of the command, printed as one line.
 type AnyError = Box<dyn std::error::Error>;
 
-fn run(cli: Cli) -> Result<(), AnyError> {
+impl Command {
+    fn model_args(&mut self) -> &mut ModelArgs {
+        match self {
+            Command::Caption { model, .. }
+            | Command::Ask { model, .. }
+            | Command::Generate { model, .. }
+            | Command::Match { model, .. }
+            | Command::Embed { model, .. }
+            | Command::Inspect { model, .. } => model,
+        }
+    }
+}
+
+fn run(mut cli: Cli) -> Result<(), AnyError> {
+    let default_model = match cli.command {
+        Command::Match { .. } | Command::Embed { .. } => RETRIEVAL_MODEL,
+        _ => GENERATION_MODEL,
+    };
+    cli.command.model_args().resolve(default_model);
     match cli.command {
         Command::Caption {
             model,
@@ -202,20 +322,22 @@ fn run(cli: Cli) -> Result<(), AnyError> {
             images,
             dataset,
         } => {
+            dataset.check_usage()?;
             if dataset.is_dataset_mode() {
                 if generation.timings {
                     return Err(
                         "--timings is for single runs, not with --dir / --input-list".into(),
                     );
                 }
+                let run = dataset::DatasetRun::prepare(&dataset, &images)?;
                 let blip2 = load_blip2(&model)?;
                 let config = generation.apply(blip2.generation_config());
-                return dataset::caption_dataset(&blip2, &config, &images, &dataset);
+                return dataset::caption_dataset(&blip2, &config, run);
             }
             if images.is_empty() {
                 return Err("give images to caption, or --dir / --input-list".into());
             }
-            generate_and_print(&model, &generation, &images, &[])
+            generate_and_print(&model, &generation, &images, &[], dataset.batch_size)
         }
         Command::Ask {
             model,
@@ -224,7 +346,7 @@ fn run(cli: Cli) -> Result<(), AnyError> {
             question,
         } => {
             let prompt = blip2::DEFAULT_QUESTION_TEMPLATE.replacen("{}", &question, 1);
-            generate_and_print(&model, &generation, &[image], &[prompt])
+            generate_and_print(&model, &generation, &[image], &[prompt], 1)
         }
         Command::Generate {
             model,
@@ -240,7 +362,13 @@ fn run(cli: Cli) -> Result<(), AnyError> {
                 )
                 .into());
             }
-            generate_and_print(&model, &generation, &images, &prompts)
+            generate_and_print(
+                &model,
+                &generation,
+                &images,
+                &prompts,
+                dataset::DEFAULT_BATCH_SIZE,
+            )
         }
         Command::Match {
             model,
@@ -255,14 +383,15 @@ fn run(cli: Cli) -> Result<(), AnyError> {
             if model.json {
                 print_json(&json!({
                     "model": model.model, "images": images, "texts": texts, "itm": itm, "itc": itc,
-                }));
+                }))?;
             } else {
                 for (i, image) in images.iter().enumerate() {
                     for (j, text) in texts.iter().enumerate() {
-                        println!(
+                        out!(
                             "{image}\t{text}\titm {:.4}\titc {:.4}",
-                            itm[i][j], itc[i][j]
-                        );
+                            itm[i][j],
+                            itc[i][j]
+                        )?;
                     }
                 }
             }
@@ -296,21 +425,20 @@ fn run(cli: Cli) -> Result<(), AnyError> {
                     .map(|(text, e)| json!({ "text": text, "embedding": e }))
                     .collect();
             }
-            print_json(&doc);
-            Ok(())
+            print_json(&doc)
         }
         Command::Inspect { model, images } => {
             let checkpoint = Checkpoint::open(&model.model, model.revision.as_deref())?;
-            println!("{}", checkpoint.summary());
+            out!("{}", checkpoint.summary())?;
             for path in images {
                 let image = load_image(&path, ImageLimits::default())?;
                 let pixels = checkpoint.image_processor().preprocess(&image)?;
-                println!(
+                out!(
                     "image        {path}: {}x{} -> pixel_values {:?}",
                     image.width(),
                     image.height(),
                     pixels.shape()
-                );
+                )?;
             }
             Ok(())
         }
@@ -375,6 +503,7 @@ fn stop_reason(reason: StopReason) -> &'static str {
     match reason {
         StopReason::Eos => "eos",
         StopReason::Length => "length",
+        StopReason::Stopped => "stopped",
     }
 }
 
@@ -389,27 +518,74 @@ fn result_json(image: &str, prompt: Option<&str>, g: &Generation) -> Value {
     })
 }
 
-/// Loads the model, generates for `images` with `prompts` (none, one, or one per image) and
-/// prints the results.
+/// Loads the model, generates for `images` with `prompts` (none, one, or one per image), at most
+/// `batch_size` images at a time, and prints the results: as text, each batch's lines as soon as it
+/// is done; with `--json`, one document at the end. Only one batch of images is decoded at a time.
 fn generate_and_print(
     model: &ModelArgs,
     generation: &GenerationArgs,
     images: &[String],
     prompts: &[String],
+    batch_size: usize,
 ) -> Result<(), AnyError> {
+    // A missing image is found before the model loads (which can take minutes), not after.
+    for path in images {
+        std::fs::File::open(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    }
     let start = Instant::now();
     let blip2 = load_blip2(model)?;
     let load = start.elapsed();
     let config = generation.apply(blip2.generation_config());
-    let decoded = load_images(images)?;
-    let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
-    let (out, timings) = blip2.generate_timed(&decoded, &refs, &config)?;
-    let timings = generation.timings.then(|| timings_json(load, &timings));
-    print_generations(model, images, prompts, &out, timings)
+    let prompt_of = |i: usize| match prompts.len() {
+        0 => None,
+        1 => Some(prompts[0].as_str()),
+        _ => Some(prompts[i].as_str()),
+    };
+    let mut results = Vec::new();
+    let mut total = Timings::default();
+    for (b, batch) in images.chunks(batch_size).enumerate() {
+        let first = b * batch_size;
+        let decoded = load_images(batch)?;
+        let refs: Vec<&str> = match prompts.len() {
+            0 | 1 => prompts.iter().map(String::as_str).collect(),
+            _ => prompts[first..first + batch.len()]
+                .iter()
+                .map(String::as_str)
+                .collect(),
+        };
+        let (out, timings) = blip2.generate_timed(&decoded, &refs, &config)?;
+        total.encode += timings.encode;
+        total.prefill += timings.prefill;
+        total.decode += timings.decode;
+        total.steps += timings.steps;
+        for (k, gens) in out.iter().enumerate() {
+            for g in gens {
+                if model.json {
+                    results.push(result_json(&batch[k], prompt_of(first + k), g));
+                } else {
+                    out!("{}\t{}", batch[k], g.text)?;
+                }
+            }
+        }
+    }
+    let timings = generation.timings.then(|| timings_json(load, &total));
+    if model.json {
+        let mut doc = json!({ "model": model.model, "results": results });
+        if config.do_sample {
+            doc["seed"] = config.seed.into();
+        }
+        if let Some(timings) = timings {
+            doc["timings"] = timings;
+        }
+        print_json(&doc)?;
+    } else if let Some(timings) = timings {
+        eprintln!("timings: {timings}");
+    }
+    Ok(())
 }
 
-/// The `"timings"` object of `--timings`, in seconds. `tokens` counts the tokens of the longest
-/// row: the prefill's and one per decoding step.
+/// The `"timings"` object of `--timings`, in seconds, summed over the batches. `tokens` counts
+/// the prefill's token and one per decoding step (of the longest row, in each batch).
 fn timings_json(load: Duration, t: &Timings) -> Value {
     json!({
         "load_s": load.as_secs_f64(),
@@ -421,43 +597,6 @@ fn timings_json(load: Duration, t: &Timings) -> Value {
     })
 }
 
-fn print_generations(
-    model: &ModelArgs,
-    images: &[String],
-    prompts: &[String],
-    out: &[Vec<Generation>],
-    timings: Option<Value>,
-) -> Result<(), AnyError> {
-    let prompt_of = |i: usize| match prompts.len() {
-        0 => None,
-        1 => Some(prompts[0].as_str()),
-        _ => Some(prompts[i].as_str()),
-    };
-    if model.json {
-        let results: Vec<Value> = out
-            .iter()
-            .enumerate()
-            .flat_map(|(i, gens)| gens.iter().map(move |g| (i, g)))
-            .map(|(i, g)| result_json(&images[i], prompt_of(i), g))
-            .collect();
-        let mut doc = json!({ "model": model.model, "results": results });
-        if let Some(timings) = timings {
-            doc["timings"] = timings;
-        }
-        print_json(&doc);
-    } else {
-        if let Some(timings) = timings {
-            eprintln!("timings: {timings}");
-        }
-        for (i, gens) in out.iter().enumerate() {
-            for g in gens {
-                println!("{}\t{}", images[i], g.text);
-            }
-        }
-    }
-    Ok(())
-}
-
-fn print_json(value: &Value) {
-    println!("{value}");
+fn print_json(value: &Value) -> Result<(), AnyError> {
+    Ok(out!("{value}")?)
 }

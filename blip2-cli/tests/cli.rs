@@ -394,3 +394,364 @@ fn timings_report_every_phase() {
     let plain = json(&blip2(&args[..5]));
     assert!(plain.get("timings").is_none());
 }
+
+/// `blip2` with an empty Hugging Face cache, so that a hub id is looked up and not found.
+fn blip2_no_cache(args: &[&str]) -> Output {
+    let cache = tempfile::tempdir().unwrap();
+    Command::new(env!("CARGO_BIN_EXE_blip2"))
+        .args(args)
+        .env("HF_HOME", cache.path())
+        .env("HF_HUB_CACHE", cache.path().join("hub"))
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn match_and_embed_default_to_the_retrieval_checkpoint() {
+    let image = fixture("images/rgb_96x64.png");
+    for args in [
+        ["match", "--text", "a dog", image.as_str()],
+        ["embed", "--text", "a dog", image.as_str()],
+    ] {
+        let out = blip2_no_cache(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            stderr.contains("Salesforce/blip2-itm-vit-g"),
+            "{args:?}: {stderr}"
+        );
+    }
+    let out = blip2_no_cache(&["caption", &image]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("Salesforce/blip2-opt-2.7b"), "{stderr}");
+}
+
+#[test]
+fn a_closed_stdout_ends_the_command_quietly() {
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_blip2"))
+        .args([
+            "embed",
+            "--model",
+            &fixture("tiny-itm"),
+            "--text",
+            "a dog",
+            &fixture("images/rgb_96x64.png"),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader goes away before anything is written, as `| head -c 0` would.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn sampling_takes_a_fresh_seed_unless_one_is_given() {
+    let model = fixture("tiny-opt");
+    let image = fixture("images/rgb_96x64.png");
+    let sample = |extra: &[&str]| {
+        let mut args = vec![
+            "caption",
+            "--model",
+            &model,
+            "--max-new-tokens",
+            "12",
+            "--do-sample",
+            "--json",
+        ];
+        args.extend(extra);
+        args.push(&image);
+        json(&blip2(&args))
+    };
+    let first = sample(&[]);
+    let second = sample(&[]);
+    let seed = first["seed"].as_u64().expect("the seed used is reported");
+    assert_ne!(first["seed"], second["seed"]);
+    let again = sample(&["--seed", &seed.to_string()]);
+    assert_eq!(again["seed"], seed);
+    assert_eq!(token_ids(&again), token_ids(&first));
+
+    // Sampling flags without --do-sample change nothing, and say so.
+    let out = blip2(&[
+        "caption",
+        "--model",
+        &model,
+        "--max-new-tokens",
+        "4",
+        "--temperature",
+        "0.5",
+        &image,
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning: --temperature only applies with --do-sample"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn images_on_the_command_line_run_in_batches() {
+    let model = fixture("tiny-opt");
+    let images: Vec<String> = ["rgb_96x64.png", "rgb_20x28.png", "noise_61x47.png"]
+        .iter()
+        .map(|name| fixture(&format!("images/{name}")))
+        .collect();
+    let caption = |extra: &[&str]| {
+        let mut args = vec!["caption", "--model", &model, "--max-new-tokens", "6"];
+        args.extend(extra);
+        args.extend(images.iter().map(String::as_str));
+        blip2(&args)
+    };
+    // One image per batch gives what one batch of three gives, in input order.
+    let one = caption(&["--batch-size", "1"]);
+    let all = caption(&[]);
+    assert!(
+        one.status.success(),
+        "{}",
+        String::from_utf8_lossy(&one.stderr)
+    );
+    assert_eq!(one.stdout, all.stdout);
+    let text = String::from_utf8(one.stdout).unwrap();
+    let listed: Vec<&str> = text
+        .lines()
+        .map(|l| l.split('\t').next().unwrap())
+        .collect();
+    assert_eq!(listed, images);
+    let doc = json(&caption(&["--batch-size", "2", "--json"]));
+    assert_eq!(doc["results"].as_array().unwrap().len(), 3);
+
+    for (args, message) in [
+        (vec!["--batch-size", "0"], "--batch-size must be at least 1"),
+        (vec!["--shard", "0/2"], "--shard splits a dataset"),
+    ] {
+        let out = caption(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(stderr.contains(message), "{args:?}: {stderr}");
+    }
+}
+
+/// A folder holding `copies` copies of each of four fixture images.
+fn image_folder(root: &Path, copies: usize) -> PathBuf {
+    let data = root.join("images");
+    std::fs::create_dir(&data).unwrap();
+    for name in [
+        "rgb_96x64.png",
+        "rgba_64x64.png",
+        "grey_70x50.png",
+        "palette_48x48.png",
+    ] {
+        for k in 0..copies {
+            let to = data.join(format!("{k:02}-{name}"));
+            std::fs::copy(fixtures().join("images").join(name), to).unwrap();
+        }
+    }
+    data
+}
+
+#[test]
+fn shards_can_share_one_output_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = image_folder(dir.path(), 10);
+    let out = dir.path().join("captions.jsonl");
+    // As in the README: four processes at once, one shard each, one file.
+    let children: Vec<_> = (0..4)
+        .map(|i| {
+            Command::new(env!("CARGO_BIN_EXE_blip2"))
+                .args([
+                    "caption",
+                    "--model",
+                    &fixture("tiny-opt"),
+                    "--max-new-tokens",
+                    "3",
+                ])
+                .args([
+                    "--batch-size",
+                    "1",
+                    "--shard",
+                    &format!("{i}/4"),
+                    "--resume",
+                ])
+                .arg("--dir")
+                .arg(&data)
+                .arg("--output")
+                .arg(&out)
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let o = child.wait_with_output().unwrap();
+        assert!(o.status.success());
+    }
+    let lines = read_lines(&out);
+    assert_eq!(lines.len(), 40);
+    let mut images: Vec<&str> = lines.iter().map(|l| l["image"].as_str().unwrap()).collect();
+    images.sort();
+    images.dedup();
+    assert_eq!(images.len(), 40);
+
+    // Without --resume an existing output is refused before the model loads, not overwritten.
+    let again = caption_dir(&data, &out, &[]);
+    assert!(!again.status.success());
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(stderr.contains("pass --resume"), "{stderr}");
+    assert_eq!(read_lines(&out).len(), 40);
+}
+
+#[test]
+fn resume_recognises_an_image_under_another_spelling_of_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    image_folder(dir.path(), 1);
+    let run = |data: &str| {
+        Command::new(env!("CARGO_BIN_EXE_blip2"))
+            .current_dir(dir.path())
+            .args([
+                "caption",
+                "--model",
+                &fixture("tiny-opt"),
+                "--max-new-tokens",
+                "3",
+            ])
+            .args(["--dir", data, "--output", "out.jsonl", "--resume"])
+            .output()
+            .unwrap()
+    };
+    assert!(run("images").status.success());
+    let again = run("./images/");
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(again.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("captioned 0, failed 0, skipped 4"),
+        "{stderr}"
+    );
+    assert_eq!(read_lines(&dir.path().join("out.jsonl")).len(), 4);
+}
+
+#[test]
+fn dataset_runs_report_what_they_did() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let o = caption_dir(&empty, &dir.path().join("a.jsonl"), &[]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no images"));
+
+    let broken = dir.path().join("broken");
+    std::fs::create_dir(&broken).unwrap();
+    std::fs::write(broken.join("x.png"), b"not a png").unwrap();
+    let o = caption_dir(&broken, &dir.path().join("b.jsonl"), &[]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("captioned 0, failed 1, skipped 0"),
+        "{stderr}"
+    );
+
+    // Every sequence of --num-return-sequences is written.
+    let data = image_folder(dir.path(), 1);
+    let out = dir.path().join("c.jsonl");
+    let o = caption_dir(
+        &data,
+        &out,
+        &["--num-beams", "2", "--num-return-sequences", "2"],
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("captioned 4, failed 0, skipped 0"),
+        "{stderr}"
+    );
+    for line in read_lines(&out) {
+        let sequences = line["sequences"].as_array().unwrap();
+        assert_eq!(sequences.len(), 2, "{line}");
+        assert_eq!(sequences[0]["token_ids"], line["token_ids"]);
+    }
+}
+
+#[test]
+fn cheap_mistakes_are_reported_before_the_model_loads() {
+    // The model does not exist either: the error must be about the first thing checked.
+    let dir = tempfile::tempdir().unwrap();
+    let missing_model = dir.path().join("no-model").display().to_string();
+    let missing_dir = dir.path().join("no-images").display().to_string();
+    let out_in_missing_folder = dir
+        .path()
+        .join("no/such/folder/out.jsonl")
+        .display()
+        .to_string();
+    let data = image_folder(dir.path(), 1).display().to_string();
+    for (args, message) in [
+        (vec!["caption", "nope.png"], "cannot read nope.png"),
+        (
+            vec!["ask", "--question", "what?", "nope.png"],
+            "cannot read nope.png",
+        ),
+        (vec!["caption", "--dir", &missing_dir], "cannot read"),
+        (
+            vec!["caption", "--dir", &data, "--shard", "4/4"],
+            "--shard takes I/N",
+        ),
+        (
+            vec![
+                "caption",
+                "--dir",
+                &data,
+                "--output",
+                &out_in_missing_folder,
+            ],
+            "cannot write",
+        ),
+    ] {
+        let mut full = args.clone();
+        full.extend(["--model", &missing_model]);
+        let out = blip2(&full);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(stderr.contains(message), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn library_warnings_reach_stderr_unless_quiet() {
+    // A text longer than the Q-Former's positions is truncated, with a warning.
+    let long = "a dog ".repeat(400);
+    let args = |quiet: bool| {
+        let mut a = vec![
+            "match".to_owned(),
+            "--model".to_owned(),
+            fixture("tiny-itm"),
+            "--text".to_owned(),
+            long.clone(),
+            fixture("images/rgb_96x64.png"),
+        ];
+        if quiet {
+            a.push("-q".to_owned());
+        }
+        a
+    };
+    let run = |a: Vec<String>| {
+        Command::new(env!("CARGO_BIN_EXE_blip2"))
+            .args(a)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap()
+    };
+    let loud = run(args(false));
+    let stderr = String::from_utf8_lossy(&loud.stderr);
+    assert!(loud.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("WARN") && stderr.contains("truncated"),
+        "{stderr}"
+    );
+    let quiet = run(args(true));
+    assert!(quiet.status.success());
+    assert!(!String::from_utf8_lossy(&quiet.stderr).contains("truncated"));
+}

@@ -6,6 +6,8 @@
 //! Token selection happens on the host over `[rows, vocab]` logits; the model runs one step per
 //! token with its cache ([`LanguageModel`]).
 
+use std::ops::ControlFlow;
+
 use blip2_core::config::{EarlyStopping, GenerationConfigFile};
 use blip2_core::error::{Error, Result};
 use burn::tensor::Tensor;
@@ -179,6 +181,8 @@ pub enum StopReason {
     Eos,
     /// It reached the length limit.
     Length,
+    /// The caller stopped it (the streaming callback returned [`ControlFlow::Break`]).
+    Stopped,
 }
 
 /// One generated sequence: the new tokens only (not the prompt).
@@ -208,12 +212,14 @@ pub struct Prompt {
 /// Generates for every row of `prompt`; returns `num_return_sequences` sequences per row.
 ///
 /// `on_step` is called after every step of greedy search or sampling with the token chosen for
-/// each row (`None` once a row has finished), for streaming; beam search calls it never.
+/// each row (`None` once a row has finished), for streaming; beam search calls it never. When it
+/// returns [`ControlFlow::Break`], generation ends there: the rows still running keep the tokens
+/// they have, with [`StopReason::Stopped`].
 pub fn generate<M: LanguageModel>(
     model: &M,
     prompt: Prompt,
     config: &GenerationConfig,
-    on_step: &mut dyn FnMut(&[Option<u32>]),
+    on_step: &mut dyn FnMut(&[Option<u32>]) -> ControlFlow<()>,
 ) -> Result<Vec<Vec<GeneratedSequence>>> {
     config.validate()?;
     let rows = prompt.processor_ids.len();
@@ -384,7 +390,7 @@ fn sample_or_greedy<M: LanguageModel>(
     prompt: Prompt,
     config: &GenerationConfig,
     budget: usize,
-    on_step: &mut dyn FnMut(&[Option<u32>]),
+    on_step: &mut dyn FnMut(&[Option<u32>]) -> ControlFlow<()>,
 ) -> Result<Vec<Vec<GeneratedSequence>>> {
     let inputs = prompt.processor_ids.len();
     let copies = config.num_return_sequences;
@@ -433,7 +439,11 @@ fn sample_or_greedy<M: LanguageModel>(
             }
             chosen.push(Some(token));
         }
-        on_step(&chosen);
+        if on_step(&chosen).is_break() {
+            for reason in done.iter_mut().filter(|d| d.is_none()) {
+                *reason = Some(StopReason::Stopped);
+            }
+        }
         if done.iter().all(Option::is_some) {
             break;
         }
