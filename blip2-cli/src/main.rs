@@ -39,23 +39,30 @@ struct Cli {
 /// Sends the libraries' `tracing` events (warnings such as unused tensors or truncated texts) to
 /// stderr, at the level `-q`/`-v` or `RUST_LOG` asks for.
 fn init_logging(quiet: bool, verbose: u8) {
-    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::prelude::*;
     let level = match (quiet, verbose) {
-        (true, _) => Some("error"),
+        (true, _) => Some(LevelFilter::ERROR),
         (false, 0) => None,
-        (false, 1) => Some("info"),
-        (false, _) => Some("debug"),
+        (false, 1) => Some(LevelFilter::INFO),
+        (false, _) => Some(LevelFilter::DEBUG),
     };
+    // `RUST_LOG` as `target=level` pairs and/or a bare default level, e.g. `warn,blip2=debug`.
     let filter = match level {
-        Some(level) => EnvFilter::new(level),
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+        Some(level) => Targets::new().with_default(level),
+        None => std::env::var("RUST_LOG")
+            .ok()
+            .and_then(|v| v.parse::<Targets>().ok())
+            .unwrap_or_else(|| Targets::new().with_default(LevelFilter::WARN)),
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
-        .without_time()
+        .without_time();
+    tracing_subscriber::registry()
+        .with(layer)
+        .with(filter)
         .init();
 }
 
