@@ -212,16 +212,7 @@ fn caption_dir(data: &Path, out: &Path, extra: &[&str]) -> Output {
 #[test]
 fn dataset_with_shards_resume_and_a_corrupt_image() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("images");
-    std::fs::create_dir(&data).unwrap();
-    for name in [
-        "rgb_96x64.png",
-        "rgba_64x64.png",
-        "grey_70x50.png",
-        "palette_48x48.png",
-    ] {
-        std::fs::copy(fixtures().join("images").join(name), data.join(name)).unwrap();
-    }
+    let data = image_folder(dir.path(), 1);
     std::fs::write(data.join("broken.png"), b"not a png").unwrap();
     std::fs::write(data.join("notes.txt"), b"ignored").unwrap();
 
