@@ -546,6 +546,19 @@ fn image_folder(root: &Path, copies: usize) -> PathBuf {
     data
 }
 
+/// `blip2 caption --model tiny-opt --max-new-tokens N`, for further arguments.
+fn tiny_caption(new_tokens: &str) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_blip2"));
+    command.args([
+        "caption",
+        "--model",
+        &fixture("tiny-opt"),
+        "--max-new-tokens",
+        new_tokens,
+    ]);
+    command
+}
+
 #[test]
 fn shards_can_share_one_output_file() {
     let dir = tempfile::tempdir().unwrap();
@@ -554,14 +567,7 @@ fn shards_can_share_one_output_file() {
     // As in the README: four processes at once, one shard each, one file.
     let children: Vec<_> = (0..4)
         .map(|i| {
-            Command::new(env!("CARGO_BIN_EXE_blip2"))
-                .args([
-                    "caption",
-                    "--model",
-                    &fixture("tiny-opt"),
-                    "--max-new-tokens",
-                    "3",
-                ])
+            tiny_caption("3")
                 .args([
                     "--batch-size",
                     "1",
@@ -602,15 +608,8 @@ fn resume_recognises_an_image_under_another_spelling_of_its_path() {
     let dir = tempfile::tempdir().unwrap();
     image_folder(dir.path(), 1);
     let run = |data: &str| {
-        Command::new(env!("CARGO_BIN_EXE_blip2"))
+        tiny_caption("3")
             .current_dir(dir.path())
-            .args([
-                "caption",
-                "--model",
-                &fixture("tiny-opt"),
-                "--max-new-tokens",
-                "3",
-            ])
             .args(["--dir", data, "--output", "out.jsonl", "--resume"])
             .output()
             .unwrap()
