@@ -34,11 +34,12 @@ impl WeightDType {
 impl std::str::FromStr for WeightDType {
     type Err = Error;
 
-    /// `f32`, `f16` or `bf16` (also `float32`, `float16`, `bfloat16`, as torch names them).
+    /// `f32`, `f16` or `bf16`, in any case; also torch's names (`float32`, `float16`, `half`,
+    /// `bfloat16`) and the `fp32`/`fp16` spelling.
     fn from_str(s: &str) -> Result<Self> {
         match s.to_ascii_lowercase().as_str() {
-            "f32" | "float32" => Ok(WeightDType::F32),
-            "f16" | "float16" | "half" => Ok(WeightDType::F16),
+            "f32" | "fp32" | "float32" => Ok(WeightDType::F32),
+            "f16" | "fp16" | "float16" | "half" => Ok(WeightDType::F16),
             "bf16" | "bfloat16" => Ok(WeightDType::BF16),
             _ => Err(Error::InvalidInput(format!(
                 "unknown dtype {s:?}; expected f32, f16 or bf16"
@@ -217,5 +218,31 @@ impl WeightSource for RandomWeights {
 
     fn location(&self) -> String {
         "random weights".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::WeightDType;
+
+    #[test]
+    fn dtype_names_parse_in_every_spelling() {
+        let cases = [
+            ("f32", WeightDType::F32),
+            ("FP32", WeightDType::F32),
+            ("float32", WeightDType::F32),
+            ("f16", WeightDType::F16),
+            ("fp16", WeightDType::F16),
+            ("Half", WeightDType::F16),
+            ("float16", WeightDType::F16),
+            ("bf16", WeightDType::BF16),
+            ("bfloat16", WeightDType::BF16),
+        ];
+        for (name, dtype) in cases {
+            assert_eq!(name.parse::<WeightDType>().unwrap(), dtype, "{name}");
+        }
+        for bad in ["", "f64", "int8", "fp8"] {
+            assert!(bad.parse::<WeightDType>().is_err(), "{bad}");
+        }
     }
 }
