@@ -1,6 +1,7 @@
 //! An opened checkpoint: its folder, parsed files, memory-mapped weights and image processor.
 
 use std::fmt;
+use std::path::Path;
 
 use blip2_core::config::TextConfig;
 use blip2_core::image::ImageProcessor;
@@ -17,17 +18,26 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
-    /// Finds and opens `model` (a path, or a hub id in the HF cache) at `revision` (default
-    /// `main`). Without the `download` feature this never touches the network; with it, a hub id
-    /// missing from the cache is downloaded into it.
-    pub fn open(model: &str, revision: Option<&str>) -> Result<Self> {
-        let path = match resolve_local(model, revision) {
-            Ok(path) => path,
-            #[cfg(feature = "download")]
-            Err(blip2_core::Error::ModelNotFound { .. }) if blip2_hub::is_hub_id(model) => {
-                blip2_hub::download(model, revision.unwrap_or("main"))?
-            }
-            Err(e) => return Err(e),
+    /// Finds and opens `model` (a folder's path, or a hub id in the HF cache) at `revision`
+    /// (default `main`). Without the `download` feature this never touches the network; with
+    /// it, a hub id missing from the cache is downloaded into it.
+    ///
+    /// `model` is anything path-like: `"Salesforce/blip2-opt-2.7b"`, a `String`, a `&Path`. An
+    /// existing folder is opened as it is (any path, UTF-8 or not); otherwise it is looked up as
+    /// a hub id.
+    pub fn open(model: impl AsRef<Path>, revision: Option<&str>) -> Result<Self> {
+        let model = model.as_ref();
+        let path = match model.to_str() {
+            Some(model) => match resolve_local(model, revision) {
+                Ok(path) => path,
+                #[cfg(feature = "download")]
+                Err(blip2_core::Error::ModelNotFound { .. }) if blip2_hub::is_hub_id(model) => {
+                    blip2_hub::download(model, revision.unwrap_or("main"))?
+                }
+                Err(e) => return Err(e),
+            },
+            // Not UTF-8, so not a hub id: a folder or nothing.
+            None => model.to_owned(),
         };
         let dir = ModelDir::open(&path)?;
         let weights = dir.weights()?;

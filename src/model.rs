@@ -11,7 +11,9 @@ use blip2_lm::{
 };
 use burn::tensor::{Device, Tensor};
 use image::DynamicImage;
+use std::fmt;
 use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::stream::TextStream;
@@ -35,6 +37,23 @@ pub struct Blip2 {
     pad_token: u32,
     question_template: String,
     dtype: WeightDType,
+}
+
+impl fmt::Debug for Blip2 {
+    /// What was loaded, not the weights.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let language_model = match &self.language_model {
+            TextModel::Opt(_) => "OPT",
+            TextModel::T5(_) => "T5",
+        };
+        f.debug_struct("Blip2")
+            .field("language_model", &language_model)
+            .field("dtype", &self.dtype)
+            .field("device", self.encoder.device())
+            .field("num_image_tokens", &self.num_image_tokens)
+            .field("question_template", &self.question_template)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The language models `Blip2` can drive.
@@ -88,21 +107,31 @@ impl Timings {
 /// Options for loading a [`Blip2`].
 #[derive(Debug, Clone)]
 pub struct Blip2Builder {
-    model: String,
+    model: PathBuf,
     revision: Option<String>,
     device: Option<Device>,
     dtype: WeightDType,
+    question_template: Option<String>,
 }
 
 impl Blip2Builder {
-    /// Where to find the model: a folder, or a hub id already in the HF cache.
-    pub fn new(model: impl Into<String>) -> Self {
+    /// Where to find the model: a folder (`&str`, `String`, `&Path`, …), or a hub id already in
+    /// the HF cache (see [`Checkpoint::open`]).
+    pub fn new(model: impl AsRef<Path>) -> Self {
         Blip2Builder {
-            model: model.into(),
+            model: model.as_ref().to_owned(),
             revision: None,
             device: None,
             dtype: WeightDType::F32,
+            question_template: None,
         }
+    }
+
+    /// The question template of [`Blip2::ask`] (default [`DEFAULT_QUESTION_TEMPLATE`]); `{}`
+    /// marks the question. [`Blip2Builder::build`] refuses a template without `{}`.
+    pub fn question_template(mut self, template: impl Into<String>) -> Self {
+        self.question_template = Some(template.into());
+        self
     }
 
     /// Branch, tag or commit of a hub id (default `main`).
@@ -134,9 +163,27 @@ impl Blip2Builder {
 
     /// Loads the model.
     pub fn build(self) -> Result<Blip2> {
+        if let Some(template) = &self.question_template {
+            check_template(template)?;
+        }
         let device = self.device.unwrap_or_default();
         let checkpoint = Checkpoint::open(&self.model, self.revision.as_deref())?;
-        Blip2::load_with_dtype(&checkpoint, &device, self.dtype)
+        let mut blip2 = Blip2::load_with_dtype(&checkpoint, &device, self.dtype)?;
+        if let Some(template) = self.question_template {
+            blip2.question_template = template;
+        }
+        Ok(blip2)
+    }
+}
+
+/// An error unless `template` has the `{}` a question goes into.
+fn check_template(template: &str) -> Result<()> {
+    if template.contains("{}") {
+        Ok(())
+    } else {
+        Err(Error::InvalidInput(format!(
+            "the question template needs a {{}} placeholder, got {template:?}"
+        )))
     }
 }
 
@@ -153,12 +200,12 @@ fn check_dtype(device: &Device, dtype: WeightDType) -> Result<()> {
 
 impl Blip2 {
     /// Loads `model` (a folder, or a hub id in the HF cache) on the default device.
-    pub fn from_pretrained(model: &str) -> Result<Self> {
+    pub fn from_pretrained(model: impl AsRef<Path>) -> Result<Self> {
         Blip2Builder::new(model).build()
     }
 
     /// Options for loading `model`.
-    pub fn builder(model: impl Into<String>) -> Blip2Builder {
+    pub fn builder(model: impl AsRef<Path>) -> Blip2Builder {
         Blip2Builder::new(model)
     }
 
@@ -247,13 +294,11 @@ impl Blip2 {
     }
 
     /// Replaces the question template of [`Blip2::ask`]; `{}` marks the question.
+    /// On a model shared between threads, set it when loading instead
+    /// ([`Blip2Builder::question_template`]).
     pub fn set_question_template(&mut self, template: impl Into<String>) -> Result<()> {
         let template = template.into();
-        if !template.contains("{}") {
-            return Err(Error::InvalidInput(
-                "the question template needs a {} placeholder".to_owned(),
-            ));
-        }
+        check_template(&template)?;
         self.question_template = template;
         Ok(())
     }

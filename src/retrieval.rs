@@ -1,11 +1,14 @@
 //! `Blip2Retrieval`: image–text matching (ITM), contrastive similarity (ITC) and embeddings, with
 //! the `Blip2ForImageTextRetrieval` checkpoint (`Salesforce/blip2-itm-vit-g`).
 
+use std::fmt;
+use std::path::{Path, PathBuf};
+
 use blip2_core::image::ImageProcessor;
 use blip2_core::{Error, Result, WeightDType, Weights};
 use blip2_hub::Tokenizer;
 use blip2_qformer::RetrievalHeads;
-use burn::tensor::{activation, Device, Tensor};
+use burn::tensor::{Device, Tensor};
 use image::DynamicImage;
 
 use crate::{Checkpoint, ImageEncoder};
@@ -38,6 +41,19 @@ pub struct TokenizedTexts {
     pub padding: Vec<Vec<bool>>,
 }
 
+/// Image–text pairs the ITM pass reads at once (each holds the image's vision features: 257 ×
+/// 1408 floats, 1.4 MB, for the real model), bounding memory for many images and texts.
+pub const ITM_PAIRS_PER_PASS: usize = 32;
+
+/// ITC similarity and ITM probability of every image with every text ([`Blip2Retrieval::scores`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scores {
+    /// ITC similarity, `[images][texts]`.
+    pub itc: Vec<Vec<f32>>,
+    /// ITM probability, `[images][texts]`; `None` when not asked for.
+    pub itm: Option<Vec<Vec<f32>>>,
+}
+
 /// One text ranked for an image by [`Blip2Retrieval::rank`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct RankedText {
@@ -51,11 +67,82 @@ pub struct RankedText {
     pub score: f32,
 }
 
+impl fmt::Debug for Blip2Retrieval {
+    /// What was loaded, not the weights.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Blip2Retrieval")
+            .field("device", self.encoder.device())
+            .field(
+                "num_query_tokens",
+                &self.encoder.qformer().num_query_tokens(),
+            )
+            .field("max_text_positions", &self.heads.embeddings.max_positions())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Options for loading a [`Blip2Retrieval`] ([`Blip2Retrieval::builder`]).
+#[derive(Debug, Clone)]
+pub struct Blip2RetrievalBuilder {
+    model: PathBuf,
+    revision: Option<String>,
+    device: Option<Device>,
+    dtype: WeightDType,
+}
+
+impl Blip2RetrievalBuilder {
+    /// Where to find the model: a folder, or a hub id already in the HF cache (see
+    /// [`Checkpoint::open`]).
+    pub fn new(model: impl AsRef<Path>) -> Self {
+        Blip2RetrievalBuilder {
+            model: model.as_ref().to_owned(),
+            revision: None,
+            device: None,
+            dtype: WeightDType::F32,
+        }
+    }
+
+    /// Branch, tag or commit of a hub id (default `main`).
+    pub fn revision(mut self, revision: impl Into<String>) -> Self {
+        self.revision = Some(revision.into());
+        self
+    }
+
+    /// The device (and so the backend) to run on; default: burn's default device.
+    pub fn device(mut self, device: Device) -> Self {
+        self.device = Some(device);
+        self
+    }
+
+    /// The precision to run in. Retrieval is parity-tested in f32 only, so
+    /// [`Blip2RetrievalBuilder::build`] refuses anything else for now.
+    pub fn dtype(mut self, dtype: WeightDType) -> Self {
+        self.dtype = dtype;
+        self
+    }
+
+    /// Loads the model.
+    pub fn build(self) -> Result<Blip2Retrieval> {
+        if self.dtype != WeightDType::F32 {
+            return Err(Error::InvalidInput(format!(
+                "image-text matching and embeddings run in f32 only (asked for {})",
+                self.dtype
+            )));
+        }
+        let checkpoint = Checkpoint::open(&self.model, self.revision.as_deref())?;
+        Blip2Retrieval::load(&checkpoint, &self.device.unwrap_or_default())
+    }
+}
+
 impl Blip2Retrieval {
     /// Loads a retrieval checkpoint (a folder, or a hub id in the HF cache) on the default device.
-    pub fn from_pretrained(model: &str) -> Result<Self> {
-        let checkpoint = Checkpoint::open(model, None)?;
-        Self::load(&checkpoint, &Device::default())
+    pub fn from_pretrained(model: impl AsRef<Path>) -> Result<Self> {
+        Blip2RetrievalBuilder::new(model).build()
+    }
+
+    /// Options for loading `model` (device, revision).
+    pub fn builder(model: impl AsRef<Path>) -> Blip2RetrievalBuilder {
+        Blip2RetrievalBuilder::new(model)
     }
 
     /// Loads an opened retrieval checkpoint on `device` (weights converted to f32).
@@ -187,6 +274,34 @@ impl Blip2Retrieval {
     pub fn similarity(&self, images: &[DynamicImage], texts: &[&str]) -> Result<Vec<Vec<f32>>> {
         let image = self.image_features(images)?;
         let text = self.text_features(texts)?;
+        self.itc(image, text)
+    }
+
+    /// ITC similarity, and with `with_itm` the ITM probability, of every image with every text,
+    /// each image encoded once. ITM runs in passes of at most [`ITM_PAIRS_PER_PASS`] pairs, so
+    /// memory stays bounded however many images and texts there are.
+    pub fn scores(
+        &self,
+        images: &[DynamicImage],
+        texts: &[&str],
+        with_itm: bool,
+    ) -> Result<Scores> {
+        let (vision, queries) = self.encode(images)?;
+        let itc = self.itc(
+            self.heads.image_features(queries),
+            self.text_features(texts)?,
+        )?;
+        let itm = if with_itm {
+            let tokenized = self.tokenize(texts)?;
+            let logits = self.itm_logits_of(&vision, &tokenized)?;
+            Some(match_rows(&logits, texts.len()))
+        } else {
+            None
+        };
+        Ok(Scores { itc, itm })
+    }
+
+    fn itc(&self, image: Tensor<3>, text: Tensor<2>) -> Result<Vec<Vec<f32>>> {
         let [n, q, d] = image.dims();
         let t = text.dims()[0];
         // [n * q, d] x [d, t] -> [n, q, t] -> max over queries.
@@ -199,26 +314,41 @@ impl Blip2Retrieval {
         rows(sims)
     }
 
-    /// ITM logits `[images * texts, 2]` of every image with every text (image-major).
-    fn itm_logits(&self, images: &[DynamicImage], texts: &[&str]) -> Result<Tensor<2>> {
+    /// ITM logits `[no match, match]` of every image (its vision features, `[images, tokens,
+    /// width]`) with every text, image-major: `[images * texts]`. The pairs go through the
+    /// Q-Former in passes of at most [`ITM_PAIRS_PER_PASS`].
+    fn itm_logits_of(&self, vision: &Tensor<3>, texts: &TokenizedTexts) -> Result<Vec<[f32; 2]>> {
+        let [n, tokens, width] = vision.dims();
+        let t = texts.ids.len();
+        let queries = self.encoder.qformer().num_query_tokens();
+        let mut logits = Vec::with_capacity(n * t);
+        let pairs: Vec<(usize, usize)> = (0..n).flat_map(|i| (0..t).map(move |j| (i, j))).collect();
+        for chunk in pairs.chunks(ITM_PAIRS_PER_PASS) {
+            let rows: Vec<Tensor<3>> = chunk
+                .iter()
+                .map(|&(i, _)| vision.clone().slice(burn::tensor::s![i..i + 1]))
+                .collect();
+            let image_rows = Tensor::cat(rows, 0);
+            debug_assert_eq!(image_rows.dims(), [chunk.len(), tokens, width]);
+            let ids: Vec<Vec<u32>> = chunk.iter().map(|&(_, j)| texts.ids[j].clone()).collect();
+            let padding: Vec<Vec<bool>> = chunk
+                .iter()
+                .map(|&(_, j)| texts.padding[j].clone())
+                .collect();
+            let embeds = self.heads.embeddings.forward(&ids)?;
+            let joint = self
+                .encoder
+                .qformer()
+                .forward_joint(image_rows, embeds, &padding)?;
+            let flat = to_vec(self.heads.itm_logits(joint, queries))?;
+            logits.extend(flat.chunks(2).map(|c| [c[0], c[1]]));
+        }
+        Ok(logits)
+    }
+
+    fn itm_logits(&self, images: &[DynamicImage], texts: &[&str]) -> Result<Vec<[f32; 2]>> {
         let (vision, _) = self.encode(images)?;
-        let TokenizedTexts { ids, padding } = self.tokenize(texts)?;
-        let (n, t) = (images.len(), texts.len());
-        let [_, tokens, width] = vision.dims();
-        let image_rows = vision
-            .unsqueeze_dim::<4>(1)
-            .expand([n, t, tokens, width])
-            .reshape([n * t, tokens, width]);
-        let pair_ids: Vec<Vec<u32>> = (0..n).flat_map(|_| ids.iter().cloned()).collect();
-        let pair_padding: Vec<Vec<bool>> = (0..n).flat_map(|_| padding.iter().cloned()).collect();
-        let embeds = self.heads.embeddings.forward(&pair_ids)?;
-        let joint = self
-            .encoder
-            .qformer()
-            .forward_joint(image_rows, embeds, &pair_padding)?;
-        Ok(self
-            .heads
-            .itm_logits(joint, self.encoder.qformer().num_query_tokens()))
+        self.itm_logits_of(&vision, &self.tokenize(texts)?)
     }
 
     /// ITM logits `[no match, match]` of each image with each text, `[images][texts]`.
@@ -227,8 +357,7 @@ impl Blip2Retrieval {
         images: &[DynamicImage],
         texts: &[&str],
     ) -> Result<Vec<Vec<[f32; 2]>>> {
-        let flat = to_vec(self.itm_logits(images, texts)?)?;
-        let pairs: Vec<[f32; 2]> = flat.chunks(2).map(|c| [c[0], c[1]]).collect();
+        let pairs = self.itm_logits(images, texts)?;
         Ok(pairs
             .chunks(texts.len())
             .map(<[[f32; 2]]>::to_vec)
@@ -242,11 +371,7 @@ impl Blip2Retrieval {
         texts: &[&str],
     ) -> Result<Vec<Vec<f32>>> {
         let logits = self.itm_logits(images, texts)?;
-        let probs = activation::softmax(logits, 1);
-        let [pairs, _] = probs.dims();
-        let matched = probs.slice(burn::tensor::s![.., 1..2]).reshape([pairs]);
-        let flat = to_vec(matched)?;
-        Ok(flat.chunks(texts.len()).map(<[f32]>::to_vec).collect())
+        Ok(match_rows(&logits, texts.len()))
     }
 
     /// For each image, the `k` texts with the highest ITC similarity, re-ranked by
@@ -260,22 +385,27 @@ impl Blip2Retrieval {
         if k == 0 {
             return Err(Error::InvalidInput("k must be at least 1".to_owned()));
         }
-        let itc = self.similarity(images, texts)?;
+        let (vision, queries) = self.encode(images)?;
+        let itc = self.itc(
+            self.heads.image_features(queries),
+            self.text_features(texts)?,
+        )?;
         let mut out = Vec::with_capacity(images.len());
-        for (i, image) in images.iter().enumerate() {
+        for (i, row) in itc.iter().enumerate() {
             let mut order: Vec<usize> = (0..texts.len()).collect();
-            order.sort_by(|&a, &b| itc[i][b].total_cmp(&itc[i][a]));
+            order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
             order.truncate(k);
             let candidates: Vec<&str> = order.iter().map(|&j| texts[j]).collect();
-            let logits = to_vec(self.itm_logits(std::slice::from_ref(image), &candidates)?)?;
+            let image = vision.clone().slice(burn::tensor::s![i..i + 1]);
+            let logits = self.itm_logits_of(&image, &self.tokenize(&candidates)?)?;
             let mut ranked: Vec<RankedText> = order
                 .iter()
-                .enumerate()
-                .map(|(c, &j)| RankedText {
+                .zip(&logits)
+                .map(|(&j, logit)| RankedText {
                     index: j,
-                    itc: itc[i][j],
-                    itm_logit: logits[c * 2 + 1],
-                    score: logits[c * 2 + 1] + itc[i][j],
+                    itc: row[j],
+                    itm_logit: logit[1],
+                    score: logit[1] + row[j],
                 })
                 .collect();
             ranked.sort_by(|a, b| b.score.total_cmp(&a.score));
@@ -283,6 +413,20 @@ impl Blip2Retrieval {
         }
         Ok(out)
     }
+}
+
+/// `[rows][texts]` match probabilities of image-major ITM logits: the softmax's "match" entry,
+/// as transformers computes it (`softmax(logits)[:, 1]`).
+fn match_rows(logits: &[[f32; 2]], texts: usize) -> Vec<Vec<f32>> {
+    let probability = |[no, yes]: [f32; 2]| {
+        let m = no.max(yes);
+        let (e_no, e_yes) = ((no - m).exp(), (yes - m).exp());
+        e_yes / (e_no + e_yes)
+    };
+    logits
+        .chunks(texts)
+        .map(|row| row.iter().map(|&l| probability(l)).collect())
+        .collect()
 }
 
 fn to_vec<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {

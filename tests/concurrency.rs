@@ -55,7 +55,7 @@ fn work(model: &Blip2, image_name: &str) -> Vec<Generation> {
 
 #[test]
 fn four_threads_share_one_model() {
-    let model = Arc::new(Blip2::from_pretrained(&fixture("tiny-opt")).expect("tiny-opt loads"));
+    let model = Arc::new(Blip2::from_pretrained(fixture("tiny-opt")).expect("tiny-opt loads"));
     let sequential: Vec<Vec<Generation>> = IMAGES.iter().map(|i| work(&model, i)).collect();
     // The images give different outputs, so a mix-up between threads would show.
     assert!(sequential.windows(2).any(|w| w[0] != w[1]));

@@ -395,3 +395,33 @@ fn legacy_checkpoint_without_image_tokens_generates_the_same() {
         assert_eq!(Value::Array(ours), case["new_tokens"], "{name}");
     }
 }
+
+#[test]
+fn the_builder_takes_a_path_and_a_question_template() {
+    let dir = fixtures().join(FIXTURE);
+    let model = Blip2::builder(dir.as_path())
+        .question_template("Q: {} Short answer:")
+        .build()
+        .unwrap();
+    let debug = format!("{model:?}");
+    assert!(
+        debug.contains("OPT") && debug.contains("Short answer"),
+        "{debug}"
+    );
+    let img = photo();
+    let config = model.generation_config().clone();
+    let direct = model
+        .generate(
+            std::slice::from_ref(&img),
+            &["Q: what is it? Short answer:"],
+            &config,
+        )
+        .unwrap();
+    assert_eq!(model.ask(&img, "what is it?").unwrap(), direct[0][0].text);
+    // A template without `{}` is refused before anything is read.
+    let err = Blip2::builder(dir.join("does-not-exist"))
+        .question_template("Q: A:")
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, blip2::Error::InvalidInput(_)), "{err}");
+}

@@ -245,3 +245,63 @@ fn loading_uses_every_stored_tensor() {
         );
     }
 }
+
+#[test]
+fn scores_agree_with_the_single_calls() {
+    let g = grid();
+    let texts: Vec<&str> = g.texts.iter().map(String::as_str).collect();
+    let m = model();
+    let both = m.scores(&g.images, &texts, true).unwrap();
+    assert_eq!(both.itc, m.similarity(&g.images, &texts).unwrap());
+    assert_eq!(
+        both.itm.as_ref().unwrap(),
+        &m.match_probability(&g.images, &texts).unwrap()
+    );
+    let itc_only = m.scores(&g.images, &texts, false).unwrap();
+    assert_eq!(itc_only.itc, both.itc);
+    assert!(itc_only.itm.is_none());
+}
+
+#[test]
+fn itm_over_more_pairs_than_one_pass_matches_transformers() {
+    // 3 images × 12 texts = 36 pairs: two passes of at most 32.
+    let g = grid();
+    let copies = 4;
+    let texts: Vec<&str> = (0..copies)
+        .flat_map(|_| g.texts.iter().map(String::as_str))
+        .collect();
+    assert!(g.images.len() * texts.len() > blip2::ITM_PAIRS_PER_PASS);
+    let ours = model().match_logits(&g.images, &texts).unwrap();
+    let (_, theirs) = golden(&g, "itm_logits");
+    let n = g.texts.len();
+    let mut expected = Vec::new();
+    for i in 0..g.images.len() {
+        for j in 0..copies * n {
+            let pair = i * n + j % n;
+            expected.extend_from_slice(&theirs[pair * 2..pair * 2 + 2]);
+        }
+    }
+    check(
+        "ITM logits, two passes",
+        ours.into_iter().flatten().flatten().collect(),
+        &expected,
+        1e-4,
+    );
+}
+
+#[test]
+fn the_retrieval_builder_takes_paths_and_refuses_other_dtypes() {
+    let dir = fixtures().join("tiny-itm");
+    let m = Blip2Retrieval::builder(&dir)
+        .device(blip2::Device::default())
+        .build()
+        .unwrap();
+    let debug = format!("{m:?}");
+    assert!(debug.starts_with("Blip2Retrieval"), "{debug}");
+    assert!(debug.contains("num_query_tokens"), "{debug}");
+    let err = Blip2Retrieval::builder(dir.as_path())
+        .dtype(blip2::WeightDType::F16)
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("f32 only"), "{err}");
+}
