@@ -6,13 +6,14 @@
 
 mod dataset;
 
+use std::ops::ControlFlow;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use blip2::preprocess::{load_image, ImageLimits};
+use blip2::preprocess::{decode_image, load_image, ImageLimits};
 use blip2::{
-    Blip2, Blip2Builder, Blip2Retrieval, Checkpoint, Generation, GenerationConfig, StopReason,
-    Timings, WeightDType,
+    Blip2, Blip2Builder, Blip2Retrieval, Checkpoint, Generation, GenerationConfig, Scores,
+    StopReason, Timings, WeightDType,
 };
 use clap::{Args, Parser, Subcommand};
 use indicatif::ProgressBar;
@@ -148,6 +149,62 @@ struct GenerationArgs {
 }
 
 impl GenerationArgs {
+    /// Contradictions among the flags themselves, found before the model loads (the checkpoint's
+    /// own settings are checked once it has loaded, by [`GenerationConfig::validate`]).
+    fn check(&self) -> Result<(), String> {
+        let positive = [
+            ("--num-beams", self.num_beams),
+            ("--num-return-sequences", self.num_return_sequences),
+            ("--max-new-tokens", self.max_new_tokens),
+        ];
+        for (flag, value) in positive {
+            if value == Some(0) {
+                return Err(format!("{flag} must be at least 1"));
+            }
+        }
+        if let (Some(min), Some(max)) = (self.min_new_tokens, self.max_new_tokens) {
+            if min > max {
+                return Err(format!(
+                    "--min-new-tokens {min} is more than --max-new-tokens {max}"
+                ));
+            }
+        }
+        if let Some(t) = self.temperature {
+            if !(t > 0.0 && t.is_finite()) {
+                return Err(format!("--temperature must be above 0, got {t}"));
+            }
+        }
+        if let Some(p) = self.top_p {
+            if !(p > 0.0 && p <= 1.0) {
+                return Err(format!("--top-p must be in (0, 1], got {p}"));
+            }
+        }
+        if let Some(r) = self.repetition_penalty {
+            if !(r > 0.0 && r.is_finite()) {
+                return Err(format!("--repetition-penalty must be above 0, got {r}"));
+            }
+        }
+        if self.length_penalty.is_some_and(|l| !l.is_finite()) {
+            return Err("--length-penalty must be finite".to_owned());
+        }
+        let beams = self.num_beams.unwrap_or(1);
+        if self.do_sample && beams > 1 {
+            return Err(
+                "--do-sample with --num-beams above 1 (beam sampling) is not supported".into(),
+            );
+        }
+        if let (Some(n), Some(beams), false) =
+            (self.num_return_sequences, self.num_beams, self.do_sample)
+        {
+            if n > beams {
+                return Err(format!(
+                    "--num-return-sequences {n} needs --num-beams {n} or more, or --do-sample"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Warnings about flags that the other flags make meaningless (transformers warns the same).
     fn warnings(&self) -> Vec<String> {
         let sampling_only = [
@@ -193,6 +250,38 @@ impl GenerationArgs {
     }
 }
 
+/// How generated texts are printed (without these: `IMAGE<TAB>TEXT` lines, or `--json`).
+#[derive(Args, Clone, Default)]
+struct OutputArgs {
+    /// Print only the generated texts, one line each (in input order).
+    #[arg(long, conflicts_with = "json")]
+    text_only: bool,
+    /// Write the text to stdout as it is generated, then a newline: one image and one prompt,
+    /// greedy search or sampling. The same text as `--json` reports.
+    #[arg(long, conflicts_with_all = ["json", "text_only", "timings"])]
+    stream: bool,
+}
+
+impl OutputArgs {
+    fn check(&self, generation: &GenerationArgs, images: usize) -> Result<(), String> {
+        if !self.stream {
+            return Ok(());
+        }
+        if images != 1 {
+            return Err(format!("--stream takes one image, got {images}"));
+        }
+        if generation.num_beams.is_some_and(|b| b > 1)
+            || generation.num_return_sequences.is_some_and(|n| n > 1)
+        {
+            return Err(
+                "--stream writes one sequence: not with --num-beams or --num-return-sequences above 1"
+                    .to_owned(),
+            );
+        }
+        Ok(())
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// One caption per image; or, with --dir / --input-list, caption a dataset into JSON lines.
@@ -201,22 +290,29 @@ enum Command {
         model: ModelArgs,
         #[command(flatten)]
         generation: GenerationArgs,
-        /// Images to caption.
+        #[command(flatten)]
+        output: OutputArgs,
+        /// Images to caption (`-`: read one from stdin).
         images: Vec<String>,
         #[command(flatten)]
         dataset: dataset::DatasetArgs,
     },
-    /// Answer a question about an image ("Question: {q} Answer:").
+    /// Answer questions about an image ("Question: {q} Answer:"); the image is encoded once.
     Ask {
         #[command(flatten)]
         model: ModelArgs,
         #[command(flatten)]
         generation: GenerationArgs,
-        /// The image.
+        #[command(flatten)]
+        output: OutputArgs,
+        /// The image (`-`: read it from stdin).
         image: String,
-        /// The question.
-        #[arg(long)]
-        question: String,
+        /// A question (repeat for several; with several, text lines are IMAGE<TAB>QUESTION<TAB>ANSWER).
+        #[arg(long = "question", required = true)]
+        questions: Vec<String>,
+        /// How a question becomes the prompt: `{}` marks the question.
+        #[arg(long, default_value = blip2::DEFAULT_QUESTION_TEMPLATE)]
+        question_template: String,
     },
     /// Generate from raw prompts: one prompt for all images, or one per image in order.
     Generate {
@@ -224,14 +320,21 @@ enum Command {
         model: ModelArgs,
         #[command(flatten)]
         generation: GenerationArgs,
-        /// The images.
+        #[command(flatten)]
+        output: OutputArgs,
+        /// The images (`-`: read one from stdin).
         #[arg(required = true)]
         images: Vec<String>,
         /// A prompt (repeat for one per image).
         #[arg(long = "prompt", required = true)]
         prompts: Vec<String>,
+        /// Put each prompt into this template, where `{}` marks the prompt
+        /// (e.g. "Question: {} Short answer:").
+        #[arg(long)]
+        prompt_template: Option<String>,
     },
-    /// ITM probability and ITC similarity of every image with every text (retrieval checkpoint).
+    /// ITM probability and ITC similarity of every image with every text (retrieval checkpoint);
+    /// each image is encoded once, the pairs scored in bounded passes.
     Match {
         #[command(flatten)]
         model: ModelArgs,
@@ -241,6 +344,9 @@ enum Command {
         /// A text (repeat for several).
         #[arg(long = "text", required = true)]
         texts: Vec<String>,
+        /// ITC similarity only, without the (slower) ITM pass over every pair.
+        #[arg(long)]
+        itc_only: bool,
     },
     /// ITC embeddings of images and/or texts, as JSON (retrieval checkpoint).
     Embed {
@@ -326,14 +432,18 @@ fn run(mut cli: Cli) -> Result<(), AnyError> {
         Command::Caption {
             model,
             generation,
+            output,
             images,
             dataset,
         } => {
             dataset.check_usage()?;
+            generation.check()?;
             if dataset.is_dataset_mode() {
-                if generation.timings {
+                if generation.timings || output.stream || output.text_only {
                     return Err(
-                        "--timings is for single runs, not with --dir / --input-list".into(),
+                        "--timings, --stream and --text-only are for images given on the \
+                                command line, not with --dir / --input-list"
+                            .into(),
                     );
                 }
                 let run = dataset::DatasetRun::prepare(&dataset, &images)?;
@@ -344,23 +454,51 @@ fn run(mut cli: Cli) -> Result<(), AnyError> {
             if images.is_empty() {
                 return Err("give images to caption, or --dir / --input-list".into());
             }
-            generate_and_print(&model, &generation, &images, &[], dataset.batch_size)
+            output.check(&generation, images.len())?;
+            let job = Job {
+                model: &model,
+                generation: &generation,
+                output: &output,
+            };
+            job.generate(&images, &[], dataset.batch_size)
         }
         Command::Ask {
             model,
             generation,
+            output,
             image,
-            question,
+            questions,
+            question_template,
         } => {
-            let prompt = blip2::DEFAULT_QUESTION_TEMPLATE.replacen("{}", &question, 1);
-            generate_and_print(&model, &generation, &[image], &[prompt], 1)
+            generation.check()?;
+            output.check(&generation, 1)?;
+            let prompts = questions
+                .iter()
+                .map(|q| fill_template(&question_template, q, "--question-template"))
+                .collect::<Result<Vec<_>, _>>()?;
+            let job = Job {
+                model: &model,
+                generation: &generation,
+                output: &output,
+            };
+            if let [prompt] = prompts.as_slice() {
+                return job.generate(&[image], std::slice::from_ref(prompt), 1);
+            }
+            if output.stream || generation.timings {
+                return Err("--stream and --timings take one --question".into());
+            }
+            job.ask_many(&image, &questions, &prompts)
         }
         Command::Generate {
             model,
             generation,
+            output,
             images,
             prompts,
+            prompt_template,
         } => {
+            generation.check()?;
+            output.check(&generation, images.len())?;
             if prompts.len() != 1 && prompts.len() != images.len() {
                 return Err(format!(
                     "{} prompts for {} images: give one prompt, or one per image",
@@ -369,36 +507,50 @@ fn run(mut cli: Cli) -> Result<(), AnyError> {
                 )
                 .into());
             }
-            generate_and_print(
-                &model,
-                &generation,
-                &images,
-                &prompts,
-                dataset::DEFAULT_BATCH_SIZE,
-            )
+            let prompts = match &prompt_template {
+                Some(template) => prompts
+                    .iter()
+                    .map(|p| fill_template(template, p, "--prompt-template"))
+                    .collect::<Result<Vec<_>, _>>()?,
+                None => prompts,
+            };
+            let job = Job {
+                model: &model,
+                generation: &generation,
+                output: &output,
+            };
+            job.generate(&images, &prompts, dataset::DEFAULT_BATCH_SIZE)
         }
         Command::Match {
             model,
             images,
             texts,
+            itc_only,
         } => {
+            check_images(&images)?;
             let retrieval = load_retrieval(&model)?;
             let decoded = load_images(&images)?;
             let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-            let itm = retrieval.match_probability(&decoded, &refs)?;
-            let itc = retrieval.similarity(&decoded, &refs)?;
+            let Scores { itc, itm } = retrieval.scores(&decoded, &refs, !itc_only)?;
             if model.json {
-                print_json(&json!({
-                    "model": model.model, "images": images, "texts": texts, "itm": itm, "itc": itc,
-                }))?;
+                let mut doc = json!({
+                    "model": model.model, "images": images, "texts": texts, "itc": itc,
+                });
+                if let Some(itm) = itm {
+                    doc["itm"] = itm.into();
+                }
+                print_json(&doc)?;
             } else {
                 for (i, image) in images.iter().enumerate() {
                     for (j, text) in texts.iter().enumerate() {
-                        out!(
-                            "{image}\t{text}\titm {:.4}\titc {:.4}",
-                            itm[i][j],
-                            itc[i][j]
-                        )?;
+                        match &itm {
+                            Some(itm) => out!(
+                                "{image}\t{text}\titm {:.4}\titc {:.4}",
+                                itm[i][j],
+                                itc[i][j]
+                            )?,
+                            None => out!("{image}\t{text}\titc {:.4}", itc[i][j])?,
+                        }
                     }
                 }
             }
@@ -412,6 +564,7 @@ fn run(mut cli: Cli) -> Result<(), AnyError> {
             if images.is_empty() && texts.is_empty() {
                 return Err("give images and/or --text".into());
             }
+            check_images(&images)?;
             let retrieval = load_retrieval(&model)?;
             let mut doc = json!({ "model": model.model });
             if !images.is_empty() {
@@ -484,26 +637,57 @@ fn load_blip2(model: &ModelArgs) -> Result<Blip2, AnyError> {
 }
 
 fn load_retrieval(model: &ModelArgs) -> Result<Blip2Retrieval, AnyError> {
-    if model.dtype != WeightDType::F32 {
-        return Err(format!(
-            "image-text matching and embeddings run in f32 only (got --dtype {})",
-            model.dtype
-        )
-        .into());
-    }
     let device = device(model)?;
     let bar = spinner(format!("loading {}", model.model));
-    let checkpoint = Checkpoint::open(&model.model, model.revision.as_deref());
-    let retrieval = checkpoint.and_then(|c| Blip2Retrieval::load(&c, &device));
+    let mut builder = Blip2Retrieval::builder(&model.model)
+        .device(device)
+        .dtype(model.dtype);
+    if let Some(revision) = &model.revision {
+        builder = builder.revision(revision);
+    }
+    let retrieval = builder.build();
     bar.finish_and_clear();
     Ok(retrieval?)
 }
 
+/// The image path that means "read the image from stdin".
+const STDIN: &str = "-";
+
+/// Decodes the image at `path`, or the one on stdin for `-`.
+fn read_image(path: &str) -> Result<blip2::image::DynamicImage, AnyError> {
+    if path == STDIN {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut bytes)
+            .map_err(|e| format!("cannot read the image on stdin: {e}"))?;
+        return Ok(decode_image(&bytes, ImageLimits::default())?);
+    }
+    Ok(load_image(path, ImageLimits::default())?)
+}
+
 fn load_images(paths: &[String]) -> Result<Vec<blip2::image::DynamicImage>, AnyError> {
-    paths
-        .iter()
-        .map(|p| load_image(p, ImageLimits::default()).map_err(Into::into))
-        .collect()
+    paths.iter().map(|p| read_image(p)).collect()
+}
+
+/// Every image can be opened (found before the model loads, which can take minutes); `-` (stdin)
+/// at most once.
+fn check_images(paths: &[String]) -> Result<(), AnyError> {
+    if paths.iter().filter(|p| *p == STDIN).count() > 1 {
+        return Err("stdin (-) holds one image: give - once".into());
+    }
+    for path in paths.iter().filter(|p| *p != STDIN) {
+        std::fs::File::open(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// `template` with its `{}` replaced by `value`; an error naming `flag` if it has no `{}`.
+fn fill_template(template: &str, value: &str, flag: &str) -> Result<String, String> {
+    if !template.contains("{}") {
+        return Err(format!(
+            "{flag} needs a {{}} where the text goes, got {template:?}"
+        ));
+    }
+    Ok(template.replacen("{}", value, 1))
 }
 
 fn stop_reason(reason: StopReason) -> &'static str {
@@ -525,69 +709,181 @@ fn result_json(image: &str, prompt: Option<&str>, g: &Generation) -> Value {
     })
 }
 
-/// Loads the model, generates for `images` with `prompts` (none, one, or one per image), at most
-/// `batch_size` images at a time, and prints the results: as text, each batch's lines as soon as it
-/// is done; with `--json`, one document at the end. Only one batch of images is decoded at a time.
-fn generate_and_print(
-    model: &ModelArgs,
-    generation: &GenerationArgs,
-    images: &[String],
-    prompts: &[String],
-    batch_size: usize,
-) -> Result<(), AnyError> {
-    // A missing image is found before the model loads (which can take minutes), not after.
-    for path in images {
-        std::fs::File::open(path).map_err(|e| format!("cannot read {path}: {e}"))?;
-    }
-    let start = Instant::now();
-    let blip2 = load_blip2(model)?;
-    let load = start.elapsed();
-    let config = generation.apply(blip2.generation_config());
-    let prompt_of = |i: usize| match prompts.len() {
-        0 => None,
-        1 => Some(prompts[0].as_str()),
-        _ => Some(prompts[i].as_str()),
-    };
-    let mut results = Vec::new();
-    let mut total = Timings::default();
-    for (b, batch) in images.chunks(batch_size).enumerate() {
-        let first = b * batch_size;
-        let decoded = load_images(batch)?;
-        let refs: Vec<&str> = match prompts.len() {
-            0 | 1 => prompts.iter().map(String::as_str).collect(),
-            _ => prompts[first..first + batch.len()]
-                .iter()
-                .map(String::as_str)
-                .collect(),
-        };
-        let (out, timings) = blip2.generate_timed(&decoded, &refs, &config)?;
-        total.encode += timings.encode;
-        total.prefill += timings.prefill;
-        total.decode += timings.decode;
-        total.steps += timings.steps;
-        for (k, gens) in out.iter().enumerate() {
-            for g in gens {
-                if model.json {
-                    results.push(result_json(&batch[k], prompt_of(first + k), g));
-                } else {
-                    out!("{}\t{}", batch[k], g.text)?;
-                }
-            }
+/// Prints generated texts as they come: `IMAGE<TAB>TEXT` lines (`IMAGE<TAB>QUESTION<TAB>TEXT`
+/// when several questions were asked), texts alone (`--text-only`), or, with `--json`, one
+/// document at the end.
+struct Printer {
+    json: bool,
+    text_only: bool,
+    results: Vec<Value>,
+}
+
+impl Printer {
+    fn new(model: &ModelArgs, output: &OutputArgs) -> Self {
+        Printer {
+            json: model.json,
+            text_only: output.text_only,
+            results: Vec::new(),
         }
     }
-    let timings = generation.timings.then(|| timings_json(load, &total));
-    if model.json {
-        let mut doc = json!({ "model": model.model, "results": results });
+
+    fn print(
+        &mut self,
+        image: &str,
+        prompt: Option<&str>,
+        question: Option<&str>,
+        g: &Generation,
+    ) -> std::io::Result<()> {
+        if self.json {
+            let mut result = result_json(image, prompt, g);
+            if let Some(question) = question {
+                result["question"] = question.into();
+            }
+            self.results.push(result);
+            Ok(())
+        } else if self.text_only {
+            out!("{}", g.text)
+        } else if let Some(question) = question {
+            out!("{image}\t{question}\t{}", g.text)
+        } else {
+            out!("{image}\t{}", g.text)
+        }
+    }
+
+    /// The `--json` document (or, without `--json`, the timings line on stderr).
+    fn finish(
+        self,
+        model: &ModelArgs,
+        config: &GenerationConfig,
+        timings: Option<Value>,
+    ) -> Result<(), AnyError> {
+        if !self.json {
+            if let Some(timings) = timings {
+                eprintln!("timings: {timings}");
+            }
+            return Ok(());
+        }
+        let mut doc = json!({ "model": model.model, "results": self.results });
         if config.do_sample {
             doc["seed"] = config.seed.into();
         }
         if let Some(timings) = timings {
             doc["timings"] = timings;
         }
-        print_json(&doc)?;
-    } else if let Some(timings) = timings {
-        eprintln!("timings: {timings}");
+        print_json(&doc)
     }
+}
+
+/// One generation command's options.
+struct Job<'a> {
+    model: &'a ModelArgs,
+    generation: &'a GenerationArgs,
+    output: &'a OutputArgs,
+}
+
+impl Job<'_> {
+    /// Loads the model and generates for `images` with `prompts` (none, one, or one per image),
+    /// at most `batch_size` images at a time, printing each batch's results as soon as it is done
+    /// (with `--json`, one document at the end). Only one batch of images is decoded at a time.
+    fn generate(
+        &self,
+        images: &[String],
+        prompts: &[String],
+        batch_size: usize,
+    ) -> Result<(), AnyError> {
+        check_images(images)?;
+        let start = Instant::now();
+        let blip2 = load_blip2(self.model)?;
+        let load = start.elapsed();
+        let config = self.generation.apply(blip2.generation_config());
+        if self.output.stream {
+            return stream(&blip2, &config, &images[0], prompts.first());
+        }
+        let prompt_of = |i: usize| match prompts.len() {
+            0 => None,
+            1 => Some(prompts[0].as_str()),
+            _ => Some(prompts[i].as_str()),
+        };
+        let mut printer = Printer::new(self.model, self.output);
+        let mut total = Timings::default();
+        for (b, batch) in images.chunks(batch_size).enumerate() {
+            let first = b * batch_size;
+            let decoded = load_images(batch)?;
+            let refs: Vec<&str> = match prompts.len() {
+                0 | 1 => prompts.iter().map(String::as_str).collect(),
+                _ => prompts[first..first + batch.len()]
+                    .iter()
+                    .map(String::as_str)
+                    .collect(),
+            };
+            let (out, timings) = blip2.generate_timed(&decoded, &refs, &config)?;
+            total.encode += timings.encode;
+            total.prefill += timings.prefill;
+            total.decode += timings.decode;
+            total.steps += timings.steps;
+            for (k, gens) in out.iter().enumerate() {
+                for g in gens {
+                    printer.print(&batch[k], prompt_of(first + k), None, g)?;
+                }
+            }
+        }
+        let timings = self.generation.timings.then(|| timings_json(load, &total));
+        printer.finish(self.model, &config, timings)
+    }
+
+    /// Several questions about one image: one load, one encode, an answer per question.
+    fn ask_many(
+        &self,
+        image: &str,
+        questions: &[String],
+        prompts: &[String],
+    ) -> Result<(), AnyError> {
+        check_images(&[image.to_owned()])?;
+        let blip2 = load_blip2(self.model)?;
+        let config = self.generation.apply(blip2.generation_config());
+        let embeddings = blip2.encode_images(&[read_image(image)?])?;
+        let mut printer = Printer::new(self.model, self.output);
+        for (question, prompt) in questions.iter().zip(prompts) {
+            let out = blip2.generate_from_embeddings(&embeddings, &[prompt.as_str()], &config)?;
+            for g in out.iter().flatten() {
+                printer.print(image, Some(prompt), Some(question), g)?;
+            }
+        }
+        printer.finish(self.model, &config, None)
+    }
+}
+
+/// `--stream`: the text of one image and prompt, written and flushed piece by piece, then a
+/// newline. A closed stdout stops generation.
+fn stream(
+    blip2: &Blip2,
+    config: &GenerationConfig,
+    image: &str,
+    prompt: Option<&String>,
+) -> Result<(), AnyError> {
+    use std::io::Write as _;
+    let decoded = read_image(image)?;
+    let mut stdout = std::io::stdout().lock();
+    let mut failed = None;
+    blip2.generate_stream(
+        &decoded,
+        prompt.map(String::as_str),
+        config,
+        &mut |piece| match stdout
+            .write_all(piece.as_bytes())
+            .and_then(|()| stdout.flush())
+        {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(e) => {
+                failed = Some(e);
+                ControlFlow::Break(())
+            }
+        },
+    )?;
+    if let Some(e) = failed {
+        return Err(e.into());
+    }
+    writeln!(stdout)?;
     Ok(())
 }
 

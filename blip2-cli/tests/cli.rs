@@ -699,6 +699,53 @@ fn cheap_mistakes_are_reported_before_the_model_loads() {
             ],
             "cannot write",
         ),
+        (
+            vec![
+                "caption",
+                "--min-new-tokens",
+                "5",
+                "--max-new-tokens",
+                "2",
+                &data,
+            ],
+            "--min-new-tokens 5 is more than --max-new-tokens 2",
+        ),
+        (
+            vec!["caption", "--top-p", "1.5", &data],
+            "--top-p must be in",
+        ),
+        (vec!["caption", "--num-beams", "0", &data], "at least 1"),
+        (
+            vec!["caption", "--do-sample", "--num-beams", "2", &data],
+            "beam sampling",
+        ),
+        (
+            vec![
+                "caption",
+                "--num-return-sequences",
+                "3",
+                "--num-beams",
+                "2",
+                &data,
+            ],
+            "--num-return-sequences 3 needs",
+        ),
+        (
+            vec!["caption", "--stream", "--num-beams", "3", &data],
+            "--stream writes one sequence",
+        ),
+        (
+            vec![
+                "ask",
+                "--question",
+                "what?",
+                "--question-template",
+                "Q:",
+                &data,
+            ],
+            "--question-template needs a {}",
+        ),
+        (vec!["caption", "-", "-"], "give - once"),
     ] {
         let mut full = args.clone();
         full.extend(["--model", &missing_model]);
@@ -744,4 +791,169 @@ fn library_warnings_reach_stderr_unless_quiet() {
     let quiet = run(args(true));
     assert!(quiet.status.success());
     assert!(!String::from_utf8_lossy(&quiet.stderr).contains("truncated"));
+}
+
+/// The `--json` document of a tiny-OPT caption of `image` with `extra` flags.
+fn tiny_json(command: &[&str], extra: &[&str]) -> Value {
+    let model = fixture("tiny-opt");
+    let mut args = command.to_vec();
+    args.extend(["--model", &model, "--json"]);
+    args.extend(extra);
+    json(&blip2(&args))
+}
+
+#[test]
+fn stream_writes_the_text_that_json_reports() {
+    let model = fixture("tiny-opt");
+    for image in ["images/rgb_96x64.png", "images/palette_48x48.png"] {
+        let image = fixture(image);
+        for prompt in [None, Some("a photo of")] {
+            let command: Vec<&str> = match prompt {
+                None => vec!["caption"],
+                Some(p) => vec!["generate", "--prompt", p],
+            };
+            let flags = ["--max-new-tokens", "30", image.as_str()];
+            let doc = tiny_json(&command, &flags);
+            let text = doc["results"][0]["text"].as_str().unwrap().to_owned();
+            let mut args = command.clone();
+            args.extend(["--model", &model, "--stream"]);
+            args.extend(flags);
+            let out = blip2(&args);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(String::from_utf8(out.stdout).unwrap(), format!("{text}\n"));
+        }
+    }
+}
+
+#[test]
+fn several_questions_share_one_load_and_one_image() {
+    let image = fixture("images/rgb_96x64.png");
+    let questions = ["what is this?", "what colour is it?", "where?"];
+    let mut flags = vec!["--max-new-tokens", "6"];
+    for q in &questions {
+        flags.extend(["--question", q]);
+    }
+    flags.push(&image);
+    let doc = tiny_json(&["ask"], &flags);
+    let results = doc["results"].as_array().unwrap();
+    assert_eq!(results.len(), questions.len());
+    for (q, r) in questions.iter().zip(results) {
+        let alone = tiny_json(
+            &["ask"],
+            &["--max-new-tokens", "6", "--question", q, &image],
+        );
+        assert_eq!(r["question"], *q);
+        assert_eq!(r["prompt"], format!("Question: {q} Answer:"));
+        assert_eq!(r["token_ids"], alone["results"][0]["token_ids"], "{q}");
+    }
+    // As text: the question between the image and the answer.
+    let model = fixture("tiny-opt");
+    let mut args = vec!["ask", "--model", &model];
+    args.extend(&flags);
+    let out = blip2(&args);
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), questions.len(), "{text}");
+    for ((line, q), r) in lines.iter().zip(questions).zip(results) {
+        assert_eq!(
+            *line,
+            format!("{image}\t{q}\t{}", r["text"].as_str().unwrap())
+        );
+    }
+}
+
+#[test]
+fn templates_shape_the_prompts() {
+    let image = fixture("images/rgb_96x64.png");
+    let doc = tiny_json(
+        &["ask"],
+        &[
+            "--max-new-tokens",
+            "4",
+            "--question",
+            "what?",
+            "--question-template",
+            "Q: {} Short answer:",
+            &image,
+        ],
+    );
+    assert_eq!(doc["results"][0]["prompt"], "Q: what? Short answer:");
+    let doc = tiny_json(
+        &["generate"],
+        &[
+            "--max-new-tokens",
+            "4",
+            "--prompt",
+            "a dog",
+            "--prompt-template",
+            "a photo of {}, with",
+            &image,
+        ],
+    );
+    let direct = tiny_json(
+        &["generate"],
+        &[
+            "--max-new-tokens",
+            "4",
+            "--prompt",
+            "a photo of a dog, with",
+            &image,
+        ],
+    );
+    assert_eq!(doc["results"][0]["prompt"], "a photo of a dog, with");
+    assert_eq!(
+        doc["results"][0]["token_ids"],
+        direct["results"][0]["token_ids"]
+    );
+}
+
+#[test]
+fn text_only_prints_the_texts_alone() {
+    let images = [
+        fixture("images/rgb_96x64.png"),
+        fixture("images/palette_48x48.png"),
+    ];
+    let doc = tiny_json(
+        &["caption"],
+        &["--max-new-tokens", "5", &images[0], &images[1]],
+    );
+    let out = tiny_caption("5")
+        .args(["--text-only", &images[0], &images[1]])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let expected: String = doc["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| format!("{}\n", r["text"].as_str().unwrap()))
+        .collect();
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), expected);
+}
+
+#[test]
+fn an_image_can_come_from_stdin() {
+    use std::io::Write as _;
+    let path = fixture("images/rgb_96x64.png");
+    let from_file = tiny_json(&["caption"], &["--max-new-tokens", "6", &path]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_blip2"))
+        .args(["caption", "--model", &fixture("tiny-opt"), "--json"])
+        .args(["--max-new-tokens", "6", "--dtype", "fp32", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    child.stdin.take().unwrap().write_all(&bytes).unwrap();
+    let doc = json(&child.wait_with_output().unwrap());
+    assert_eq!(doc["results"][0]["image"], "-");
+    assert_eq!(
+        doc["results"][0]["token_ids"],
+        from_file["results"][0]["token_ids"]
+    );
 }
