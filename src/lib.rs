@@ -8,8 +8,10 @@
 //! # Status
 //!
 //! OPT and Flan-T5 checkpoints caption and answer questions with transformers' generation
-//! semantics (greedy, beam search, sampling, penalties, batches), at parity with transformers on
-//! tiny reference models. Retrieval (ITM/ITC), f16/bf16 and GPU backends are still to come.
+//! semantics (greedy, beam search, sampling, penalties, batches, streaming), and the retrieval
+//! checkpoint scores and embeds images and texts (ITM, ITC), at parity with transformers on tiny
+//! reference models, in f32, f16 and bf16 (see `docs/backends.md`). The CPU backends are tested;
+//! WGPU is tested on a CPU Vulkan driver; CUDA is type-checked only, not yet run on a GPU.
 //!
 //! ```no_run
 //! use blip2::{Blip2, GenerationConfig};
@@ -45,7 +47,9 @@ pub use burn::tensor::{Device, Tensor};
 pub use checkpoint::{Checkpoint, CheckpointSummary};
 pub use encoder::{ImageEmbeddings, ImageEncoder};
 pub use model::{Blip2, Blip2Builder, Generation, TextModel, Timings, DEFAULT_QUESTION_TEMPLATE};
-pub use retrieval::{Blip2Retrieval, RankedText, TokenizedTexts};
+pub use retrieval::{
+    Blip2Retrieval, Blip2RetrievalBuilder, RankedText, Scores, TokenizedTexts, ITM_PAIRS_PER_PASS,
+};
 
 /// Lower-level generation pieces: the language-model trait, prompts, sequences.
 pub mod lm {
@@ -56,6 +60,12 @@ pub mod lm {
     };
 }
 pub use image;
+
+/// The README's Rust examples, compiled by `cargo test --doc` so that they cannot drift from the
+/// API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeExamples;
 
 /// Image decoding and `BlipImageProcessor` preprocessing.
 pub mod preprocess {
