@@ -30,6 +30,7 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+mod builder;
 mod checkpoint;
 mod encoder;
 mod model;
@@ -43,13 +44,12 @@ pub use blip2_core::{
 };
 pub use blip2_hub::{ModelDir, SafetensorsWeights, Tokenizer};
 pub use blip2_lm::{GenerationConfig, StopReason};
+pub use builder::{Blip2Builder, Blip2RetrievalBuilder, Builder};
 pub use burn::tensor::{Device, Tensor};
 pub use checkpoint::{Checkpoint, CheckpointSummary};
 pub use encoder::{ImageEmbeddings, ImageEncoder};
-pub use model::{Blip2, Blip2Builder, Generation, TextModel, Timings, DEFAULT_QUESTION_TEMPLATE};
-pub use retrieval::{
-    Blip2Retrieval, Blip2RetrievalBuilder, RankedText, Scores, TokenizedTexts, ITM_PAIRS_PER_PASS,
-};
+pub use model::{Blip2, Generation, TextModel, Timings, DEFAULT_QUESTION_TEMPLATE};
+pub use retrieval::{Blip2Retrieval, RankedText, Scores, TokenizedTexts, ITM_PAIRS_PER_PASS};
 
 /// Lower-level generation pieces: the language-model trait, prompts, sequences.
 pub mod lm {

@@ -13,10 +13,11 @@ use burn::tensor::{Device, Tensor};
 use image::DynamicImage;
 use std::fmt;
 use std::ops::ControlFlow;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::stream::TextStream;
+use crate::Blip2Builder;
 use crate::{Checkpoint, ImageEmbeddings, ImageEncoder};
 
 /// The default question template of [`Blip2::ask`], as in the BLIP-2 paper and model cards.
@@ -104,60 +105,11 @@ impl Timings {
     }
 }
 
-/// Options for loading a [`Blip2`].
-#[derive(Debug, Clone)]
-pub struct Blip2Builder {
-    model: PathBuf,
-    revision: Option<String>,
-    device: Option<Device>,
-    dtype: WeightDType,
-    question_template: Option<String>,
-}
-
 impl Blip2Builder {
-    /// Where to find the model: a folder (`&str`, `String`, `&Path`, …), or a hub id already in
-    /// the HF cache (see [`Checkpoint::open`]).
-    pub fn new(model: impl AsRef<Path>) -> Self {
-        Blip2Builder {
-            model: model.as_ref().to_owned(),
-            revision: None,
-            device: None,
-            dtype: WeightDType::F32,
-            question_template: None,
-        }
-    }
-
     /// The question template of [`Blip2::ask`] (default [`DEFAULT_QUESTION_TEMPLATE`]); `{}`
-    /// marks the question. [`Blip2Builder::build`] refuses a template without `{}`.
+    /// marks the question. Loading refuses a template without `{}`.
     pub fn question_template(mut self, template: impl Into<String>) -> Self {
         self.question_template = Some(template.into());
-        self
-    }
-
-    /// Branch, tag or commit of a hub id (default `main`).
-    pub fn revision(mut self, revision: impl Into<String>) -> Self {
-        self.revision = Some(revision.into());
-        self
-    }
-
-    /// The device (and so the backend) to run on; default: burn's default device.
-    pub fn device(mut self, device: Device) -> Self {
-        self.device = Some(device);
-        self
-    }
-
-    /// The precision to run in (default f32); weights are converted once, at load.
-    ///
-    /// - `F32`: every backend; the parity-tested mode.
-    /// - `F16`: the vision model, the projection and OPT in f16; the Q-Former stays in f32 (as in
-    ///   transformers) and so does Flan-T5, which overflows in f16.
-    /// - `BF16`: as `F16`, but the Q-Former runs in bf16 too (as in transformers); Flan-T5 stays
-    ///   in f32.
-    ///
-    /// [`Blip2Builder::build`] refuses a dtype the device's backend cannot run (ndarray runs only
-    /// f32); see `docs/backends.md` for which backend supports which.
-    pub fn dtype(mut self, dtype: WeightDType) -> Self {
-        self.dtype = dtype;
         self
     }
 
@@ -166,8 +118,7 @@ impl Blip2Builder {
         if let Some(template) = &self.question_template {
             check_template(template)?;
         }
-        let device = self.device.unwrap_or_default();
-        let checkpoint = Checkpoint::open(&self.model, self.revision.as_deref())?;
+        let (checkpoint, device) = self.open()?;
         let mut blip2 = Blip2::load_with_dtype(&checkpoint, &device, self.dtype)?;
         if let Some(template) = self.question_template {
             blip2.question_template = template;

@@ -2,7 +2,7 @@
 //! the `Blip2ForImageTextRetrieval` checkpoint (`Salesforce/blip2-itm-vit-g`).
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use blip2_core::image::ImageProcessor;
 use blip2_core::{Error, Result, WeightDType, Weights};
@@ -11,7 +11,7 @@ use blip2_qformer::RetrievalHeads;
 use burn::tensor::{Device, Tensor};
 use image::DynamicImage;
 
-use crate::{Checkpoint, ImageEncoder};
+use crate::{Blip2RetrievalBuilder, Checkpoint, ImageEncoder};
 
 /// A loaded retrieval model.
 ///
@@ -81,46 +81,7 @@ impl fmt::Debug for Blip2Retrieval {
     }
 }
 
-/// Options for loading a [`Blip2Retrieval`] ([`Blip2Retrieval::builder`]).
-#[derive(Debug, Clone)]
-pub struct Blip2RetrievalBuilder {
-    model: PathBuf,
-    revision: Option<String>,
-    device: Option<Device>,
-    dtype: WeightDType,
-}
-
 impl Blip2RetrievalBuilder {
-    /// Where to find the model: a folder, or a hub id already in the HF cache (see
-    /// [`Checkpoint::open`]).
-    pub fn new(model: impl AsRef<Path>) -> Self {
-        Blip2RetrievalBuilder {
-            model: model.as_ref().to_owned(),
-            revision: None,
-            device: None,
-            dtype: WeightDType::F32,
-        }
-    }
-
-    /// Branch, tag or commit of a hub id (default `main`).
-    pub fn revision(mut self, revision: impl Into<String>) -> Self {
-        self.revision = Some(revision.into());
-        self
-    }
-
-    /// The device (and so the backend) to run on; default: burn's default device.
-    pub fn device(mut self, device: Device) -> Self {
-        self.device = Some(device);
-        self
-    }
-
-    /// The precision to run in. Retrieval is parity-tested in f32 only, so
-    /// [`Blip2RetrievalBuilder::build`] refuses anything else for now.
-    pub fn dtype(mut self, dtype: WeightDType) -> Self {
-        self.dtype = dtype;
-        self
-    }
-
     /// Loads the model.
     pub fn build(self) -> Result<Blip2Retrieval> {
         if self.dtype != WeightDType::F32 {
@@ -129,8 +90,8 @@ impl Blip2RetrievalBuilder {
                 self.dtype
             )));
         }
-        let checkpoint = Checkpoint::open(&self.model, self.revision.as_deref())?;
-        Blip2Retrieval::load(&checkpoint, &self.device.unwrap_or_default())
+        let (checkpoint, device) = self.open()?;
+        Blip2Retrieval::load(&checkpoint, &device)
     }
 }
 

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use blip2::preprocess::{decode_image, load_image, ImageLimits};
 use blip2::{
-    Blip2, Blip2Builder, Blip2Retrieval, Checkpoint, Generation, GenerationConfig, Scores,
-    StopReason, Timings, WeightDType,
+    Blip2, Blip2Retrieval, Builder, Checkpoint, Generation, GenerationConfig, Scores, StopReason,
+    Timings, WeightDType,
 };
 use clap::{Args, Parser, Subcommand};
 use indicatif::ProgressBar;
@@ -622,32 +622,28 @@ fn spinner(message: String) -> ProgressBar {
     bar
 }
 
-fn load_blip2(model: &ModelArgs) -> Result<Blip2, AnyError> {
+/// Loads a model with `--model`, `--revision`, `--backend` and `--dtype`, a spinner on stderr
+/// meanwhile; `build` is the model's own `Builder::build`.
+fn load<M>(model: &ModelArgs, build: fn(Builder<M>) -> blip2::Result<M>) -> Result<M, AnyError> {
     let device = device(model)?;
     let bar = spinner(format!("loading {}", model.model));
-    let mut builder = Blip2Builder::new(&model.model)
+    let mut builder = Builder::<M>::new(&model.model)
         .device(device)
         .dtype(model.dtype);
     if let Some(revision) = &model.revision {
         builder = builder.revision(revision);
     }
-    let blip2 = builder.build();
+    let loaded = build(builder);
     bar.finish_and_clear();
-    Ok(blip2?)
+    Ok(loaded?)
+}
+
+fn load_blip2(model: &ModelArgs) -> Result<Blip2, AnyError> {
+    load(model, Builder::<Blip2>::build)
 }
 
 fn load_retrieval(model: &ModelArgs) -> Result<Blip2Retrieval, AnyError> {
-    let device = device(model)?;
-    let bar = spinner(format!("loading {}", model.model));
-    let mut builder = Blip2Retrieval::builder(&model.model)
-        .device(device)
-        .dtype(model.dtype);
-    if let Some(revision) = &model.revision {
-        builder = builder.revision(revision);
-    }
-    let retrieval = builder.build();
-    bar.finish_and_clear();
-    Ok(retrieval?)
+    load(model, Builder::<Blip2Retrieval>::build)
 }
 
 /// The image path that means "read the image from stdin".
