@@ -1,7 +1,10 @@
 //! An opened checkpoint: its folder, parsed files, memory-mapped weights and image processor.
 
+use std::collections::BTreeMap;
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
 
 use blip2_core::config::TextConfig;
 use blip2_core::image::ImageProcessor;
@@ -81,92 +84,299 @@ impl Checkpoint {
 
     /// A human-readable description of the checkpoint (see [`CheckpointSummary`]).
     pub fn summary(&self) -> CheckpointSummary<'_> {
-        CheckpointSummary(self)
+        CheckpointSummary(self.info(), std::marker::PhantomData)
     }
-}
 
-/// Displays what a checkpoint holds: architecture sizes, image processing, weights.
-pub struct CheckpointSummary<'a>(&'a Checkpoint);
-
-impl fmt::Display for CheckpointSummary<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ck = self.0;
-        let c = ck.dir.config();
+    /// What the checkpoint holds, as data (`blip2 inspect --json` prints it). Loads the
+    /// tokenizer to report on it; converts no weights.
+    pub fn info(&self) -> CheckpointInfo {
+        let c = self.dir.config();
         let v = &c.vision_config;
         let q = &c.qformer_config;
         let (ih, iw) = v.image_hw();
         let (ph, pw) = v.patch_hw();
-        writeln!(f, "checkpoint   {}", ck.dir.path().display())?;
-        if !c.architectures.is_empty() {
-            writeln!(f, "architecture {}", c.architectures.join(", "))?;
+        let retrieval = c.is_retrieval();
+        let language = match (&c.text_config, retrieval) {
+            // A retrieval checkpoint's text_config is transformers' unused default.
+            (_, true) => None,
+            (TextConfig::Opt(t), false) => Some(LanguageInfo {
+                model: "opt",
+                hidden_size: t.hidden_size,
+                layers: t.num_hidden_layers,
+                decoder_layers: None,
+                heads: t.num_attention_heads,
+                vocab_size: t.vocab_size,
+                eos_token_ids: t.eos_token_ids(),
+                feed_forward: None,
+            }),
+            (TextConfig::T5(t), false) => Some(LanguageInfo {
+                model: "t5",
+                hidden_size: t.d_model,
+                layers: t.num_layers,
+                decoder_layers: Some(t.decoder_layers()),
+                heads: t.num_heads,
+                vocab_size: t.vocab_size,
+                eos_token_ids: t.eos_token_ids(),
+                feed_forward: Some(t.feed_forward_proj.clone()),
+            }),
+        };
+        let (tokenizer_vocab, tokenizer_error) = match self.dir.tokenizer() {
+            Ok(t) => (Some(t.get_vocab_size(true)), None),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        let p = self.processor.config();
+        let keys = self.weights.keys();
+        let mut parameters = 0usize;
+        let mut stored = BTreeMap::<String, usize>::new();
+        for key in &keys {
+            parameters += self
+                .weights
+                .shape(key)
+                .map_or(0, |s| s.iter().product::<usize>());
+            if let Some(d) = self.weights.stored_dtype(key) {
+                *stored.entry(d).or_default() += 1;
+            }
         }
+        CheckpointInfo {
+            path: self.dir.path().to_owned(),
+            architectures: c.architectures.clone(),
+            kind: if retrieval { "retrieval" } else { "generation" },
+            vision: VisionInfo {
+                hidden_size: v.hidden_size,
+                layers: v.num_hidden_layers,
+                heads: v.num_attention_heads,
+                intermediate_size: v.intermediate_size,
+                image_size: [ih, iw],
+                patch_size: [ph, pw],
+                tokens: v.num_positions(),
+            },
+            qformer: QFormerInfo {
+                hidden_size: q.hidden_size,
+                layers: q.num_hidden_layers,
+                heads: q.num_attention_heads,
+                cross_attention_frequency: q.cross_attention_frequency,
+                queries: c.num_query_tokens,
+            },
+            language,
+            image_token: c.image_token_index.map(|id| ImageTokenInfo {
+                id,
+                count: self.dir.num_image_tokens(),
+            }),
+            images: ImagesInfo {
+                size: [p.size.height, p.size.width],
+                resample: format!("{:?}", p.resample),
+                mean: p.image_mean,
+                std: p.image_std,
+            },
+            tokenizer_vocab,
+            tokenizer_error,
+            weights: WeightsInfo {
+                tensors: keys.len(),
+                parameters,
+                stored,
+            },
+        }
+    }
+}
+
+/// What a checkpoint holds ([`Checkpoint::info`]); serializes to `blip2 inspect --json`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct CheckpointInfo {
+    /// The model folder.
+    pub path: PathBuf,
+    /// `architectures` of config.json.
+    pub architectures: Vec<String>,
+    /// `"generation"` (captions and questions: [`crate::Blip2`]) or `"retrieval"`
+    /// ([`crate::Blip2Retrieval`]).
+    pub kind: &'static str,
+    /// The vision encoder.
+    pub vision: VisionInfo,
+    /// The Q-Former.
+    pub qformer: QFormerInfo,
+    /// The language model; `None` for a retrieval checkpoint, which has none.
+    pub language: Option<LanguageInfo>,
+    /// The `<image>` token the processor repeats, if the checkpoint has one.
+    pub image_token: Option<ImageTokenInfo>,
+    /// How images are preprocessed.
+    pub images: ImagesInfo,
+    /// The tokenizer's vocabulary size, when `tokenizer.json` loads.
+    pub tokenizer_vocab: Option<usize>,
+    /// Why the tokenizer does not load (the model cannot run without it).
+    pub tokenizer_error: Option<String>,
+    /// The stored tensors.
+    pub weights: WeightsInfo,
+}
+
+/// The vision encoder's sizes.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct VisionInfo {
+    /// Width.
+    pub hidden_size: usize,
+    /// Layers.
+    pub layers: usize,
+    /// Attention heads.
+    pub heads: usize,
+    /// MLP width.
+    pub intermediate_size: usize,
+    /// Input height and width in pixels.
+    pub image_size: [usize; 2],
+    /// Patch height and width.
+    pub patch_size: [usize; 2],
+    /// Tokens (patches and the class token).
+    pub tokens: usize,
+}
+
+/// The Q-Former's sizes.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct QFormerInfo {
+    /// Width.
+    pub hidden_size: usize,
+    /// Layers.
+    pub layers: usize,
+    /// Attention heads.
+    pub heads: usize,
+    /// A cross-attention layer every this many layers.
+    pub cross_attention_frequency: usize,
+    /// Learned queries.
+    pub queries: usize,
+}
+
+/// The language model's sizes.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct LanguageInfo {
+    /// `"opt"` or `"t5"`.
+    pub model: &'static str,
+    /// Width.
+    pub hidden_size: usize,
+    /// Layers (T5: encoder layers).
+    pub layers: usize,
+    /// T5's decoder layers.
+    pub decoder_layers: Option<usize>,
+    /// Attention heads.
+    pub heads: usize,
+    /// Vocabulary.
+    pub vocab_size: usize,
+    /// Tokens that end generation.
+    pub eos_token_ids: Vec<u32>,
+    /// T5's `feed_forward_proj`.
+    pub feed_forward: Option<String>,
+}
+
+/// The `<image>` token.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct ImageTokenInfo {
+    /// Its id.
+    pub id: u32,
+    /// How many the processor puts before the text.
+    pub count: usize,
+}
+
+/// Image preprocessing.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct ImagesInfo {
+    /// Resized to this height and width.
+    pub size: [usize; 2],
+    /// The resampling filter.
+    pub resample: String,
+    /// Per-channel mean.
+    pub mean: [f64; 3],
+    /// Per-channel standard deviation.
+    pub std: [f64; 3],
+}
+
+/// The stored tensors.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct WeightsInfo {
+    /// How many.
+    pub tensors: usize,
+    /// Their elements, in all.
+    pub parameters: usize,
+    /// Tensors per stored dtype.
+    pub stored: BTreeMap<String, usize>,
+}
+
+/// Displays what a checkpoint holds: architecture sizes, image processing, tokenizer, weights.
+pub struct CheckpointSummary<'a>(CheckpointInfo, std::marker::PhantomData<&'a ()>);
+
+impl fmt::Display for CheckpointSummary<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let i = &self.0;
+        let v = &i.vision;
+        let q = &i.qformer;
+        writeln!(f, "checkpoint   {}", i.path.display())?;
+        if !i.architectures.is_empty() {
+            writeln!(
+                f,
+                "architecture {} ({})",
+                i.architectures.join(", "),
+                i.kind
+            )?;
+        }
+        let ([ih, iw], [ph, pw]) = (v.image_size, v.patch_size);
         writeln!(
             f,
             "vision       ViT {} wide, {} layers, {} heads, ffn {}, {ih}x{iw} px in {ph}x{pw} patches ({} tokens)",
-            v.hidden_size, v.num_hidden_layers, v.num_attention_heads, v.intermediate_size, v.num_positions()
+            v.hidden_size, v.layers, v.heads, v.intermediate_size, v.tokens
         )?;
         writeln!(
             f,
             "q-former     {} wide, {} layers, {} heads, cross-attention every {}, {} queries",
-            q.hidden_size,
-            q.num_hidden_layers,
-            q.num_attention_heads,
-            q.cross_attention_frequency,
-            c.num_query_tokens
+            q.hidden_size, q.layers, q.heads, q.cross_attention_frequency, q.queries
         )?;
-        match &c.text_config {
-            TextConfig::Opt(t) => writeln!(
-                f,
-                "language     OPT {} wide, {} layers, {} heads, vocabulary {}, eos {:?}",
-                t.hidden_size,
-                t.num_hidden_layers,
-                t.num_attention_heads,
-                t.vocab_size,
-                t.eos_token_ids()
-            )?,
-            TextConfig::T5(t) => writeln!(
+        match &i.language {
+            None => writeln!(f, "language     none (retrieval: ITM and ITC heads)")?,
+            Some(l) if l.model == "t5" => writeln!(
                 f,
                 "language     T5 {} wide, {}+{} layers, {} heads, vocabulary {}, feed-forward {:?}",
-                t.d_model,
-                t.num_layers,
-                t.decoder_layers(),
-                t.num_heads,
-                t.vocab_size,
-                t.feed_forward_proj
+                l.hidden_size,
+                l.layers,
+                l.decoder_layers.unwrap_or(l.layers),
+                l.heads,
+                l.vocab_size,
+                l.feed_forward.as_deref().unwrap_or_default()
+            )?,
+            Some(l) => writeln!(
+                f,
+                "language     OPT {} wide, {} layers, {} heads, vocabulary {}, eos {:?}",
+                l.hidden_size, l.layers, l.heads, l.vocab_size, l.eos_token_ids
             )?,
         }
-        match c.image_token_index {
-            Some(id) => writeln!(f, "image tokens {} x id {id}", ck.dir.num_image_tokens())?,
+        match &i.image_token {
+            Some(t) => writeln!(f, "image tokens {} x id {}", t.count, t.id)?,
+            None if i.language.is_none() => {}
             None => writeln!(
                 f,
                 "image tokens none (queries prepended to the text embeddings)"
             )?,
         }
-        let p = ck.processor.config();
+        let p = &i.images;
         writeln!(
             f,
-            "images       resize to {}x{} ({:?}), mean {:?}, std {:?}",
-            p.size.height, p.size.width, p.resample, p.image_mean, p.image_std
+            "images       resize to {}x{} ({}), mean {:?}, std {:?}",
+            p.size[0], p.size[1], p.resample, p.mean, p.std
         )?;
-        let keys = ck.weights.keys();
-        let mut elements = 0usize;
-        let mut dtypes = std::collections::BTreeMap::<String, usize>::new();
-        for key in &keys {
-            elements += ck
-                .weights
-                .shape(key)
-                .map_or(0, |s| s.iter().product::<usize>());
-            if let Some(d) = ck.weights.stored_dtype(key) {
-                *dtypes.entry(d).or_default() += 1;
-            }
+        match (&i.tokenizer_vocab, &i.tokenizer_error) {
+            (Some(n), _) => writeln!(f, "tokenizer    tokenizer.json, vocabulary {n}")?,
+            (None, e) => writeln!(
+                f,
+                "tokenizer    MISSING: {} (the model cannot run without it)",
+                e.as_deref().unwrap_or("not found")
+            )?,
         }
+        let w = &i.weights;
         write!(
             f,
             "weights      {} tensors, {} parameters, stored as",
-            keys.len(),
-            elements
+            w.tensors, w.parameters
         )?;
-        for (dtype, n) in dtypes {
+        for (dtype, n) in &w.stored {
             write!(f, " {dtype} ({n})")?;
         }
         Ok(())

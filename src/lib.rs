@@ -46,7 +46,10 @@ pub use blip2_hub::{ModelDir, SafetensorsWeights, Tokenizer};
 pub use blip2_lm::{GenerationConfig, StopReason};
 pub use builder::{Blip2Builder, Blip2RetrievalBuilder, Builder};
 pub use burn::tensor::{Device, Tensor};
-pub use checkpoint::{Checkpoint, CheckpointSummary};
+pub use checkpoint::{
+    Checkpoint, CheckpointInfo, CheckpointSummary, ImageTokenInfo, ImagesInfo, LanguageInfo,
+    QFormerInfo, VisionInfo, WeightsInfo,
+};
 pub use encoder::{ImageEmbeddings, ImageEncoder};
 pub use model::{Blip2, Generation, TextModel, Timings, DEFAULT_QUESTION_TEMPLATE};
 pub use retrieval::{Blip2Retrieval, RankedText, Scores, TokenizedTexts, ITM_PAIRS_PER_PASS};

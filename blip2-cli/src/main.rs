@@ -588,17 +588,27 @@ fn run(mut cli: Cli) -> Result<(), AnyError> {
             print_json(&doc)
         }
         Command::Inspect { model, images } => {
+            check_images(&images)?;
             let checkpoint = Checkpoint::open(&model.model, model.revision.as_deref())?;
-            out!("{}", checkpoint.summary())?;
-            for path in images {
-                let image = load_image(&path, ImageLimits::default())?;
+            let mut seen = Vec::new();
+            for path in &images {
+                let image = read_image(path)?;
                 let pixels = checkpoint.image_processor().preprocess(&image)?;
-                out!(
-                    "image        {path}: {}x{} -> pixel_values {:?}",
-                    image.width(),
-                    image.height(),
-                    pixels.shape()
-                )?;
+                seen.push((path, image.width(), image.height(), pixels.shape()));
+            }
+            if model.json {
+                let mut doc = serde_json::to_value(checkpoint.info())?;
+                doc["images_seen"] = seen
+                    .iter()
+                    .map(|(path, w, h, shape)| {
+                        json!({ "image": path, "width": w, "height": h, "pixel_values": shape })
+                    })
+                    .collect();
+                return print_json(&doc);
+            }
+            out!("{}", checkpoint.summary())?;
+            for (path, w, h, shape) in seen {
+                out!("image        {path}: {w}x{h} -> pixel_values {shape:?}")?;
             }
             Ok(())
         }

@@ -957,3 +957,50 @@ fn an_image_can_come_from_stdin() {
         from_file["results"][0]["token_ids"]
     );
 }
+
+#[test]
+fn inspect_tells_what_the_checkpoint_is() {
+    let itm = fixture("tiny-itm");
+    let out = blip2(&["inspect", "--model", &itm]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("language     none (retrieval"), "{text}");
+    assert!(!text.contains("OPT"), "{text}");
+    assert!(text.contains("tokenizer    tokenizer.json"), "{text}");
+    let doc = json(&blip2(&["inspect", "--model", &itm, "--json"]));
+    assert_eq!(doc["kind"], "retrieval");
+    assert!(doc["language"].is_null());
+    assert!(doc["tokenizer_vocab"].as_u64().unwrap() > 0);
+
+    let image = fixture("images/rgb_96x64.png");
+    let doc = json(&blip2(&[
+        "inspect",
+        "--model",
+        &fixture("tiny-opt"),
+        "--json",
+        &image,
+    ]));
+    assert_eq!(doc["kind"], "generation");
+    assert_eq!(doc["language"]["model"], "opt");
+    assert_eq!(doc["images_seen"][0]["width"], 96);
+    assert_eq!(doc["images_seen"][0]["pixel_values"][0], 1);
+
+    // A folder without tokenizer.json is not called fine.
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(fixtures().join("tiny-itm")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().unwrap() != "tokenizer.json" {
+            std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let folder = dir.path().display().to_string();
+    let out = blip2(&["inspect", "--model", &folder]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("tokenizer    MISSING"), "{text}");
+    let doc = json(&blip2(&["inspect", "--model", &folder, "--json"]));
+    assert!(doc["tokenizer_vocab"].is_null());
+    assert!(doc["tokenizer_error"]
+        .as_str()
+        .unwrap()
+        .contains("tokenizer.json"));
+}
