@@ -83,8 +83,8 @@ impl Checkpoint {
     }
 
     /// A human-readable description of the checkpoint (see [`CheckpointSummary`]).
-    pub fn summary(&self) -> CheckpointSummary<'_> {
-        CheckpointSummary(self.info(), std::marker::PhantomData)
+    pub fn summary(&self) -> CheckpointSummary {
+        CheckpointSummary(self.info())
     }
 
     /// What the checkpoint holds, as data (`blip2 inspect --json` prints it). Loads the
@@ -100,7 +100,7 @@ impl Checkpoint {
             // A retrieval checkpoint's text_config is transformers' unused default.
             (_, true) => None,
             (TextConfig::Opt(t), false) => Some(LanguageInfo {
-                model: "opt",
+                model: LanguageKind::Opt,
                 hidden_size: t.hidden_size,
                 layers: t.num_hidden_layers,
                 decoder_layers: None,
@@ -110,7 +110,7 @@ impl Checkpoint {
                 feed_forward: None,
             }),
             (TextConfig::T5(t), false) => Some(LanguageInfo {
-                model: "t5",
+                model: LanguageKind::T5,
                 hidden_size: t.d_model,
                 layers: t.num_layers,
                 decoder_layers: Some(t.decoder_layers()),
@@ -140,7 +140,11 @@ impl Checkpoint {
         CheckpointInfo {
             path: self.dir.path().to_owned(),
             architectures: c.architectures.clone(),
-            kind: if retrieval { "retrieval" } else { "generation" },
+            kind: if retrieval {
+                CheckpointKind::Retrieval
+            } else {
+                CheckpointKind::Generation
+            },
             vision: VisionInfo {
                 hidden_size: v.hidden_size,
                 layers: v.num_hidden_layers,
@@ -187,9 +191,8 @@ pub struct CheckpointInfo {
     pub path: PathBuf,
     /// `architectures` of config.json.
     pub architectures: Vec<String>,
-    /// `"generation"` (captions and questions: [`crate::Blip2`]) or `"retrieval"`
-    /// ([`crate::Blip2Retrieval`]).
-    pub kind: &'static str,
+    /// What the checkpoint is for.
+    pub kind: CheckpointKind,
     /// The vision encoder.
     pub vision: VisionInfo,
     /// The Q-Former.
@@ -206,6 +209,26 @@ pub struct CheckpointInfo {
     pub tokenizer_error: Option<String>,
     /// The stored tensors.
     pub weights: WeightsInfo,
+}
+
+/// What a checkpoint is for (serialized in lower case).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckpointKind {
+    /// Captions and questions ([`crate::Blip2`]).
+    Generation,
+    /// Image–text matching and embeddings ([`crate::Blip2Retrieval`]).
+    Retrieval,
+}
+
+/// Which language model a checkpoint has (serialized in lower case).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LanguageKind {
+    /// OPT.
+    Opt,
+    /// Flan-T5.
+    T5,
 }
 
 /// The vision encoder's sizes.
@@ -248,8 +271,8 @@ pub struct QFormerInfo {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[non_exhaustive]
 pub struct LanguageInfo {
-    /// `"opt"` or `"t5"`.
-    pub model: &'static str,
+    /// Which language model.
+    pub model: LanguageKind,
     /// Width.
     pub hidden_size: usize,
     /// Layers (T5: encoder layers).
@@ -303,21 +326,20 @@ pub struct WeightsInfo {
 }
 
 /// Displays what a checkpoint holds: architecture sizes, image processing, tokenizer, weights.
-pub struct CheckpointSummary<'a>(CheckpointInfo, std::marker::PhantomData<&'a ()>);
+pub struct CheckpointSummary(CheckpointInfo);
 
-impl fmt::Display for CheckpointSummary<'_> {
+impl fmt::Display for CheckpointSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let i = &self.0;
         let v = &i.vision;
         let q = &i.qformer;
         writeln!(f, "checkpoint   {}", i.path.display())?;
         if !i.architectures.is_empty() {
-            writeln!(
-                f,
-                "architecture {} ({})",
-                i.architectures.join(", "),
-                i.kind
-            )?;
+            let kind = match i.kind {
+                CheckpointKind::Generation => "generation",
+                CheckpointKind::Retrieval => "retrieval",
+            };
+            writeln!(f, "architecture {} ({kind})", i.architectures.join(", "))?;
         }
         let ([ih, iw], [ph, pw]) = (v.image_size, v.patch_size);
         writeln!(
@@ -332,7 +354,7 @@ impl fmt::Display for CheckpointSummary<'_> {
         )?;
         match &i.language {
             None => writeln!(f, "language     none (retrieval: ITM and ITC heads)")?,
-            Some(l) if l.model == "t5" => writeln!(
+            Some(l) if l.model == LanguageKind::T5 => writeln!(
                 f,
                 "language     T5 {} wide, {}+{} layers, {} heads, vocabulary {}, feed-forward {:?}",
                 l.hidden_size,

@@ -47,8 +47,8 @@ pub use blip2_lm::{GenerationConfig, StopReason};
 pub use builder::{Blip2Builder, Blip2RetrievalBuilder, Builder};
 pub use burn::tensor::{Device, Tensor};
 pub use checkpoint::{
-    Checkpoint, CheckpointInfo, CheckpointSummary, ImageTokenInfo, ImagesInfo, LanguageInfo,
-    QFormerInfo, VisionInfo, WeightsInfo,
+    Checkpoint, CheckpointInfo, CheckpointKind, CheckpointSummary, ImageTokenInfo, ImagesInfo,
+    LanguageInfo, LanguageKind, QFormerInfo, VisionInfo, WeightsInfo,
 };
 pub use encoder::{ImageEmbeddings, ImageEncoder};
 pub use model::{Blip2, Generation, TextModel, Timings, DEFAULT_QUESTION_TEMPLATE};

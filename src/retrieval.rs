@@ -200,9 +200,15 @@ impl Blip2Retrieval {
     }
 
     fn text_features(&self, texts: &[&str]) -> Result<Tensor<2>> {
-        let TokenizedTexts { ids, padding } = self.tokenize(texts)?;
-        let embeds = self.heads.embeddings.forward(&ids)?;
-        let out = self.encoder.qformer().forward_text(embeds, &padding)?;
+        self.text_features_of(&self.tokenize(texts)?)
+    }
+
+    fn text_features_of(&self, texts: &TokenizedTexts) -> Result<Tensor<2>> {
+        let embeds = self.heads.embeddings.forward(&texts.ids)?;
+        let out = self
+            .encoder
+            .qformer()
+            .forward_text(embeds, &texts.padding)?;
         Ok(self.heads.text_features(out))
     }
 
@@ -233,9 +239,7 @@ impl Blip2Retrieval {
     /// ITC similarity of every image with every text, `[images][texts]`: the cosine, maximised
     /// over the image's queries.
     pub fn similarity(&self, images: &[DynamicImage], texts: &[&str]) -> Result<Vec<Vec<f32>>> {
-        let image = self.image_features(images)?;
-        let text = self.text_features(texts)?;
-        self.itc(image, text)
+        Ok(self.scores(images, texts, false)?.itc)
     }
 
     /// ITC similarity, and with `with_itm` the ITM probability, of every image with every text,
@@ -248,12 +252,9 @@ impl Blip2Retrieval {
         with_itm: bool,
     ) -> Result<Scores> {
         let (vision, queries) = self.encode(images)?;
-        let itc = self.itc(
-            self.heads.image_features(queries),
-            self.text_features(texts)?,
-        )?;
+        let tokenized = self.tokenize(texts)?;
+        let itc = self.itc(queries, &tokenized)?;
         let itm = if with_itm {
-            let tokenized = self.tokenize(texts)?;
             let logits = self.itm_logits_of(&vision, &tokenized)?;
             Some(match_rows(&logits, texts.len()))
         } else {
@@ -262,7 +263,10 @@ impl Blip2Retrieval {
         Ok(Scores { itc, itm })
     }
 
-    fn itc(&self, image: Tensor<3>, text: Tensor<2>) -> Result<Vec<Vec<f32>>> {
+    /// ITC similarity `[images][texts]` of the images' Q-Former query outputs with the texts.
+    fn itc(&self, queries: Tensor<3>, texts: &TokenizedTexts) -> Result<Vec<Vec<f32>>> {
+        let image = self.heads.image_features(queries);
+        let text = self.text_features_of(texts)?;
         let [n, q, d] = image.dims();
         let t = text.dims()[0];
         // [n * q, d] x [d, t] -> [n, q, t] -> max over queries.
@@ -347,10 +351,7 @@ impl Blip2Retrieval {
             return Err(Error::InvalidInput("k must be at least 1".to_owned()));
         }
         let (vision, queries) = self.encode(images)?;
-        let itc = self.itc(
-            self.heads.image_features(queries),
-            self.text_features(texts)?,
-        )?;
+        let itc = self.itc(queries, &self.tokenize(texts)?)?;
         let mut out = Vec::with_capacity(images.len());
         for (i, row) in itc.iter().enumerate() {
             let mut order: Vec<usize> = (0..texts.len()).collect();

@@ -247,24 +247,19 @@ fn loading_uses_every_stored_tensor() {
 }
 
 #[test]
-fn scores_agree_with_the_single_calls() {
+fn scores_match_transformers_with_and_without_itm() {
+    // `similarity` is `scores` without ITM, so compare with transformers, not with each other.
     let g = grid();
     let texts: Vec<&str> = g.texts.iter().map(String::as_str).collect();
     let m = model();
-    // The same computations, so equal up to what a GPU backend may vary between launches.
     let flat = |v: &Vec<Vec<f32>>| v.iter().flatten().copied().collect::<Vec<f32>>();
+    let (_, itc) = golden(&g, "itc_similarity");
+    let (_, itm) = golden(&g, "itm_probability");
     let both = m.scores(&g.images, &texts, true).unwrap();
-    let itc = m.similarity(&g.images, &texts).unwrap();
-    check("scores' ITC", flat(&both.itc), &flat(&itc), 1e-6);
-    let itm = m.match_probability(&g.images, &texts).unwrap();
-    check(
-        "scores' ITM",
-        flat(both.itm.as_ref().unwrap()),
-        &flat(&itm),
-        1e-6,
-    );
+    check("scores' ITC", flat(&both.itc), &itc, 1e-4);
+    check("scores' ITM", flat(both.itm.as_ref().unwrap()), &itm, 1e-6);
     let itc_only = m.scores(&g.images, &texts, false).unwrap();
-    check("ITC alone", flat(&itc_only.itc), &flat(&both.itc), 1e-6);
+    check("ITC alone", flat(&itc_only.itc), &itc, 1e-4);
     assert!(itc_only.itm.is_none());
 }
 

@@ -437,8 +437,8 @@ fn run(mut cli: Cli) -> Result<(), AnyError> {
             dataset,
         } => {
             dataset.check_usage()?;
-            generation.check()?;
             if dataset.is_dataset_mode() {
+                generation.check()?;
                 if generation.timings || output.stream || output.text_only {
                     return Err(
                         "--timings, --stream and --text-only are for images given on the \
@@ -454,12 +454,7 @@ fn run(mut cli: Cli) -> Result<(), AnyError> {
             if images.is_empty() {
                 return Err("give images to caption, or --dir / --input-list".into());
             }
-            output.check(&generation, images.len())?;
-            let job = Job {
-                model: &model,
-                generation: &generation,
-                output: &output,
-            };
+            let job = Job::new(&model, &generation, &output, images.len())?;
             job.generate(&images, &[], dataset.batch_size)
         }
         Command::Ask {
@@ -470,17 +465,8 @@ fn run(mut cli: Cli) -> Result<(), AnyError> {
             questions,
             question_template,
         } => {
-            generation.check()?;
-            output.check(&generation, 1)?;
-            let prompts = questions
-                .iter()
-                .map(|q| fill_template(&question_template, q, "--question-template"))
-                .collect::<Result<Vec<_>, _>>()?;
-            let job = Job {
-                model: &model,
-                generation: &generation,
-                output: &output,
-            };
+            let job = Job::new(&model, &generation, &output, 1)?;
+            let prompts = fill_template(&question_template, &questions, "--question-template")?;
             if let [prompt] = prompts.as_slice() {
                 return job.generate(&[image], std::slice::from_ref(prompt), 1);
             }
@@ -497,8 +483,7 @@ fn run(mut cli: Cli) -> Result<(), AnyError> {
             prompts,
             prompt_template,
         } => {
-            generation.check()?;
-            output.check(&generation, images.len())?;
+            let job = Job::new(&model, &generation, &output, images.len())?;
             if prompts.len() != 1 && prompts.len() != images.len() {
                 return Err(format!(
                     "{} prompts for {} images: give one prompt, or one per image",
@@ -508,16 +493,8 @@ fn run(mut cli: Cli) -> Result<(), AnyError> {
                 .into());
             }
             let prompts = match &prompt_template {
-                Some(template) => prompts
-                    .iter()
-                    .map(|p| fill_template(template, p, "--prompt-template"))
-                    .collect::<Result<Vec<_>, _>>()?,
+                Some(template) => fill_template(template, &prompts, "--prompt-template")?,
                 None => prompts,
-            };
-            let job = Job {
-                model: &model,
-                generation: &generation,
-                output: &output,
             };
             job.generate(&images, &prompts, dataset::DEFAULT_BATCH_SIZE)
         }
@@ -686,14 +663,18 @@ fn check_images(paths: &[String]) -> Result<(), AnyError> {
     Ok(())
 }
 
-/// `template` with its `{}` replaced by `value`; an error naming `flag` if it has no `{}`.
-fn fill_template(template: &str, value: &str, flag: &str) -> Result<String, String> {
+/// `template` with its `{}` replaced by each of `values`; an error naming `flag` if it has no
+/// `{}`.
+fn fill_template(template: &str, values: &[String], flag: &str) -> Result<Vec<String>, String> {
     if !template.contains("{}") {
         return Err(format!(
             "{flag} needs a {{}} where the text goes, got {template:?}"
         ));
     }
-    Ok(template.replacen("{}", value, 1))
+    Ok(values
+        .iter()
+        .map(|v| template.replacen("{}", v, 1))
+        .collect())
 }
 
 fn stop_reason(reason: StopReason) -> &'static str {
@@ -787,7 +768,24 @@ struct Job<'a> {
     output: &'a OutputArgs,
 }
 
-impl Job<'_> {
+impl<'a> Job<'a> {
+    /// A generation command over `images` images, once its flags are found consistent (before
+    /// anything loads).
+    fn new(
+        model: &'a ModelArgs,
+        generation: &'a GenerationArgs,
+        output: &'a OutputArgs,
+        images: usize,
+    ) -> Result<Self, String> {
+        generation.check()?;
+        output.check(generation, images)?;
+        Ok(Job {
+            model,
+            generation,
+            output,
+        })
+    }
+
     /// Loads the model and generates for `images` with `prompts` (none, one, or one per image),
     /// at most `batch_size` images at a time, printing each batch's results as soon as it is done
     /// (with `--json`, one document at the end). Only one batch of images is decoded at a time.

@@ -830,7 +830,7 @@ fn stream_writes_the_text_that_json_reports() {
 }
 
 #[test]
-fn several_questions_share_one_load_and_one_image() {
+fn several_questions_in_one_run_answer_as_each_asked_alone() {
     let image = fixture("images/rgb_96x64.png");
     let questions = ["what is this?", "what colour is it?", "where?"];
     let mut flags = vec!["--max-new-tokens", "6"];
