@@ -14,7 +14,7 @@
 use std::time::{Duration, Instant};
 
 use blip2::preprocess::{load_image, ImageLimits};
-use blip2::{Blip2, GenerationConfig, Timings, WeightDType};
+use blip2::{Blip2, GenerationConfig, Timings, WeightDType, NO_PROMPTS};
 use serde_json::json;
 
 struct Args {
@@ -169,7 +169,7 @@ fn run(args: &Args) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
     let images = std::slice::from_ref(&image);
     let mut phases: Vec<Timings> = Vec::new();
     let caption_s = time(&mut || {
-        let (out, timings) = model.generate_timed(images, &[], &config)?;
+        let (out, timings) = model.generate_timed(images, NO_PROMPTS, &config)?;
         assert_eq!(
             out[0][0].token_ids.len(),
             args.tokens,
@@ -190,7 +190,7 @@ fn run(args: &Args) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
     let mut batch = serde_json::Map::new();
     for &b in &args.batches {
         let many = vec![image.clone(); b];
-        let seconds = time(&mut || model.generate(&many, &[], &config).map(drop))?;
+        let seconds = time(&mut || model.generate(&many, NO_PROMPTS, &config).map(drop))?;
         batch.insert(
             b.to_string(),
             json!({ "seconds": seconds, "images_per_s": b as f64 / seconds }),

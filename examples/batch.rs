@@ -35,7 +35,7 @@ fn run(model: &str, paths: &[String]) -> blip2::Result<()> {
         max_new_tokens: Some(12),
         ..model.generation_config().clone()
     };
-    let captions = model.generate_from_embeddings(&embeddings, &[], &beams)?;
+    let captions = model.generate_from_embeddings(&embeddings, blip2::NO_PROMPTS, &beams)?;
     let prompts: Vec<&str> = (0..images.len())
         .map(|_| "Question: what is this? Answer:")
         .collect();

@@ -26,9 +26,8 @@ fn main() {
 fn run(model: &str, image: &str, texts: &[String]) -> blip2::Result<()> {
     let model = Blip2Retrieval::from_pretrained(model)?;
     let image = load_image(image, ImageLimits::default())?;
-    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let probabilities = model.match_probability(std::slice::from_ref(&image), &texts)?;
-    let ranked = model.rank(std::slice::from_ref(&image), &texts, texts.len())?;
+    let probabilities = model.match_probability(std::slice::from_ref(&image), texts)?;
+    let ranked = model.rank(std::slice::from_ref(&image), texts, texts.len())?;
     println!(
         "{:>5}  {:>8}  {:>8}  {:>8}  text",
         "rank", "ITC", "ITM p", "score"

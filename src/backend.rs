@@ -44,7 +44,7 @@ pub fn device(name: &str) -> Result<Device> {
         _ => None,
     };
     device.ok_or_else(|| {
-        Error::InvalidInput(format!(
+        Error::Unsupported(format!(
             "backend {name:?} is not compiled in; available: {} (enable others with cargo features)",
             available_backends().join(", ")
         ))

@@ -40,7 +40,7 @@ mod stream;
 pub use blip2_core::config;
 pub use blip2_core::config::EarlyStopping;
 pub use blip2_core::{
-    Blip2Config, Error, RandomWeights, Result, WeightDType, WeightSource, Weights,
+    Blip2Config, Error, ErrorKind, RandomWeights, Result, WeightDType, WeightSource, Weights,
 };
 pub use blip2_hub::{ModelDir, SafetensorsWeights, Tokenizer};
 pub use blip2_lm::{GenerationConfig, StopReason};
@@ -51,7 +51,7 @@ pub use checkpoint::{
     LanguageInfo, LanguageKind, QFormerInfo, VisionInfo, WeightsInfo,
 };
 pub use encoder::{ImageEmbeddings, ImageEncoder};
-pub use model::{Blip2, Generation, TextModel, Timings, DEFAULT_QUESTION_TEMPLATE};
+pub use model::{Blip2, Generation, TextModel, Timings, DEFAULT_QUESTION_TEMPLATE, NO_PROMPTS};
 pub use retrieval::{Blip2Retrieval, RankedText, Scores, TokenizedTexts, ITM_PAIRS_PER_PASS};
 
 /// Lower-level generation pieces: the language-model trait, prompts, sequences.
@@ -64,11 +64,26 @@ pub mod lm {
 }
 pub use image;
 
+/// Borrows a slice of strings of any kind as `&str`s.
+fn as_strs(texts: &[impl AsRef<str>]) -> Vec<&str> {
+    texts.iter().map(AsRef::as_ref).collect()
+}
+
 /// The README's Rust examples, compiled by `cargo test --doc` so that they cannot drift from the
 /// API.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeExamples;
+
+/// The examples of `docs/generation.md`, compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/generation.md")]
+pub struct GenerationDocExamples;
+
+/// The examples of `docs/retrieval.md`, compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/retrieval.md")]
+pub struct RetrievalDocExamples;
 
 /// Image decoding and `BlipImageProcessor` preprocessing.
 pub mod preprocess {

@@ -18,10 +18,15 @@ use std::time::{Duration, Instant};
 
 use crate::stream::TextStream;
 use crate::Blip2Builder;
-use crate::{Checkpoint, ImageEmbeddings, ImageEncoder};
+use crate::{as_strs, Checkpoint, ImageEmbeddings, ImageEncoder};
 
 /// The default question template of [`Blip2::ask`], as in the BLIP-2 paper and model cards.
 pub const DEFAULT_QUESTION_TEMPLATE: &str = "Question: {} Answer:";
+
+/// No prompts, for [`Blip2::generate`] and its relatives when captioning: the prompt
+/// arguments take any `&[impl AsRef<str>]` (`&[&str]`, `&[String]`, `&Vec<String>`), so a bare
+/// `&[]` has no element type to infer.
+pub const NO_PROMPTS: &[&str] = &[];
 
 /// A loaded BLIP-2 model: image encoder, language model, tokenizer and image processor.
 ///
@@ -143,7 +148,7 @@ fn check_dtype(device: &Device, dtype: WeightDType) -> Result<()> {
     if device.supports_dtype(dtype.to_burn()) {
         Ok(())
     } else {
-        Err(Error::InvalidInput(format!(
+        Err(Error::Unsupported(format!(
             "the backend of device {device:?} cannot run {dtype:?}; use F32"
         )))
     }
@@ -176,7 +181,7 @@ impl Blip2 {
         let dir = checkpoint.dir();
         let config = dir.config();
         if config.is_retrieval() {
-            return Err(Error::InvalidInput(
+            return Err(Error::Unsupported(
                 "this is a retrieval checkpoint (Blip2ForImageTextRetrieval); it cannot generate text"
                     .to_owned(),
             ));
@@ -287,14 +292,14 @@ impl Blip2 {
 
     /// A caption for one image, with the checkpoint's generation settings.
     pub fn caption(&self, image: &DynamicImage) -> Result<String> {
-        let out = self.generate(std::slice::from_ref(image), &[], &self.generation)?;
+        let out = self.generate(std::slice::from_ref(image), NO_PROMPTS, &self.generation)?;
         Ok(first_text(out))
     }
 
     /// The answer to `question` about one image (formatted with the question template,
     /// `"Question: {} Answer:"` by default).
     pub fn ask(&self, image: &DynamicImage, question: &str) -> Result<String> {
-        let prompt = self.question_template.replacen("{}", question, 1);
+        let prompt = self.question_prompt(question);
         let out = self.generate(
             std::slice::from_ref(image),
             &[prompt.as_str()],
@@ -303,12 +308,25 @@ impl Blip2 {
         Ok(first_text(out))
     }
 
+    /// The prompt [`Blip2::ask`] gives the language model for `question`: the question template
+    /// with the question in its `{}`.
+    pub fn question_prompt(&self, question: &str) -> String {
+        self.question_template.replacen("{}", question, 1)
+    }
+
+    /// How many positions the language model's input takes for one image and `prompt`: one per
+    /// query token, then the prompt's tokens with BOS (OPT) or EOS (T5) — what OpenAI's
+    /// `usage.prompt_tokens` counts.
+    pub fn input_tokens(&self, prompt: &str) -> Result<usize> {
+        Ok(self.encoder.qformer().num_query_tokens() + self.prompt_row(prompt)?.len())
+    }
+
     /// Generates from raw prompts: `prompts` is empty (captioning), one prompt for every image,
     /// or one per image. Returns `config.num_return_sequences` generations per image.
     pub fn generate(
         &self,
         images: &[DynamicImage],
-        prompts: &[&str],
+        prompts: &[impl AsRef<str>],
         config: &GenerationConfig,
     ) -> Result<Vec<Vec<Generation>>> {
         if images.is_empty() {
@@ -322,12 +340,12 @@ impl Blip2 {
     pub fn generate_from_embeddings(
         &self,
         embeddings: &ImageEmbeddings,
-        prompts: &[&str],
+        prompts: &[impl AsRef<str>],
         config: &GenerationConfig,
     ) -> Result<Vec<Vec<Generation>>> {
         self.run(
             embeddings,
-            prompts,
+            &as_strs(prompts),
             config,
             &mut |_| ControlFlow::Continue(()),
             None,
@@ -338,7 +356,7 @@ impl Blip2 {
     pub fn generate_timed(
         &self,
         images: &[DynamicImage],
-        prompts: &[&str],
+        prompts: &[impl AsRef<str>],
         config: &GenerationConfig,
     ) -> Result<(Vec<Vec<Generation>>, Timings)> {
         if images.is_empty() {
@@ -352,7 +370,7 @@ impl Blip2 {
         };
         let out = self.run(
             &embeddings,
-            prompts,
+            &as_strs(prompts),
             config,
             &mut |_| ControlFlow::Continue(()),
             Some(&mut timings),
@@ -425,11 +443,29 @@ impl Blip2 {
             .collect()
     }
 
+    /// One prompt's token ids, unpadded: BOS first for OPT, EOS last for T5.
+    fn prompt_row(&self, text: &str) -> Result<Vec<u32>> {
+        let encoding = self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| Error::Tokenization(format!("cannot tokenize {text:?}: {e}")))?;
+        let decoder_only = matches!(self.language_model, TextModel::Opt(_));
+        let mut ids: Vec<u32> = Vec::new();
+        if decoder_only {
+            ids.extend(self.bos_token);
+        }
+        ids.extend_from_slice(encoding.get_ids());
+        if !decoder_only {
+            ids.extend(self.generation.eos_token_id.first().copied());
+        }
+        Ok(ids)
+    }
+
     fn decode(&self, s: GeneratedSequence) -> Result<Generation> {
         let text = self
             .tokenizer
             .decode(&s.tokens, true)
-            .map_err(|e| Error::InvalidInput(format!("cannot decode tokens: {e}")))?;
+            .map_err(|e| Error::Tokenization(format!("cannot decode tokens: {e}")))?;
         Ok(Generation {
             text: text.trim().to_owned(),
             token_ids: s.tokens,
@@ -448,7 +484,12 @@ impl Blip2 {
     ///
     /// Then `num_query_tokens` image tokens are put before each row; their embeddings are the
     /// projected queries.
-    pub fn prompt(&self, embeddings: &ImageEmbeddings, prompts: &[&str]) -> Result<Prompt> {
+    pub fn prompt(
+        &self,
+        embeddings: &ImageEmbeddings,
+        prompts: &[impl AsRef<str>],
+    ) -> Result<Prompt> {
+        let prompts = as_strs(prompts);
         let n = embeddings.len();
         let projected = embeddings.projected().ok_or_else(|| {
             Error::InvalidInput("these embeddings have no language projection".to_owned())
@@ -456,7 +497,7 @@ impl Blip2 {
         let texts: Vec<&str> = match prompts.len() {
             0 => vec![""; n],
             1 => vec![prompts[0]; n],
-            k if k == n => prompts.to_vec(),
+            k if k == n => prompts,
             k => {
                 return Err(Error::InvalidInput(format!(
                     "{k} prompts for {n} images: give none, one, or one per image"
@@ -464,22 +505,10 @@ impl Blip2 {
             }
         };
         let decoder_only = matches!(self.language_model, TextModel::Opt(_));
-        let mut rows = Vec::with_capacity(n);
-        for text in &texts {
-            let encoding = self
-                .tokenizer
-                .encode(*text, false)
-                .map_err(|e| Error::InvalidInput(format!("cannot tokenize {text:?}: {e}")))?;
-            let mut ids: Vec<u32> = Vec::new();
-            if decoder_only {
-                ids.extend(self.bos_token);
-            }
-            ids.extend_from_slice(encoding.get_ids());
-            if !decoder_only {
-                ids.extend(self.generation.eos_token_id.first().copied());
-            }
-            rows.push(ids);
-        }
+        let rows = texts
+            .iter()
+            .map(|text| self.prompt_row(text))
+            .collect::<Result<Vec<_>>>()?;
         let width = rows.iter().map(Vec::len).max().unwrap_or(0);
         let queries = projected.dims()[1];
         let image_ids = vec![self.image_token.unwrap_or(self.pad_token); queries];

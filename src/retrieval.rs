@@ -11,7 +11,7 @@ use blip2_qformer::RetrievalHeads;
 use burn::tensor::{Device, Tensor};
 use image::DynamicImage;
 
-use crate::{Blip2RetrievalBuilder, Checkpoint, ImageEncoder};
+use crate::{as_strs, Blip2RetrievalBuilder, Checkpoint, ImageEncoder};
 
 /// A loaded retrieval model.
 ///
@@ -85,7 +85,7 @@ impl Blip2RetrievalBuilder {
     /// Loads the model.
     pub fn build(self) -> Result<Blip2Retrieval> {
         if self.dtype != WeightDType::F32 {
-            return Err(Error::InvalidInput(format!(
+            return Err(Error::Unsupported(format!(
                 "image-text matching and embeddings run in f32 only (asked for {})",
                 self.dtype
             )));
@@ -112,7 +112,7 @@ impl Blip2Retrieval {
         let config = dir.config();
         let weights = Weights::new(checkpoint.weights(), WeightDType::F32);
         if !config.qformer_config.use_qformer_text_input || !weights.contains("itm_head.weight") {
-            return Err(Error::InvalidInput(format!(
+            return Err(Error::Unsupported(format!(
                 "{} is not a retrieval checkpoint (Blip2ForImageTextRetrieval, e.g. \
                  Salesforce/blip2-itm-vit-g): it has no ITM/ITC heads",
                 dir.path().display()
@@ -139,13 +139,14 @@ impl Blip2Retrieval {
     /// the padding flags. A text longer than the Q-Former's position table (512 in the real
     /// model) keeps its first tokens and its final `[SEP]`; transformers would fail on it instead.
     /// An empty text is an error.
-    pub fn tokenize(&self, texts: &[&str]) -> Result<TokenizedTexts> {
+    pub fn tokenize(&self, texts: &[impl AsRef<str>]) -> Result<TokenizedTexts> {
+        let texts = as_strs(texts);
         if texts.is_empty() {
             return Err(Error::InvalidInput("no texts".to_owned()));
         }
         let max = self.heads.embeddings.max_positions();
         let mut rows = Vec::with_capacity(texts.len());
-        for text in texts {
+        for text in &texts {
             if text.trim().is_empty() {
                 return Err(Error::InvalidInput(
                     "an empty text cannot be matched".to_owned(),
@@ -154,7 +155,7 @@ impl Blip2Retrieval {
             let encoding = self
                 .tokenizer
                 .encode(*text, true)
-                .map_err(|e| Error::InvalidInput(format!("cannot tokenize {text:?}: {e}")))?;
+                .map_err(|e| Error::Tokenization(format!("cannot tokenize {text:?}: {e}")))?;
             let mut ids = encoding.get_ids().to_vec();
             if ids.len() > max {
                 let last = *ids.last().expect("longer than max");
@@ -199,7 +200,7 @@ impl Blip2Retrieval {
         Ok(self.heads.image_features(queries))
     }
 
-    fn text_features(&self, texts: &[&str]) -> Result<Tensor<2>> {
+    fn text_features(&self, texts: &[impl AsRef<str>]) -> Result<Tensor<2>> {
         self.text_features_of(&self.tokenize(texts)?)
     }
 
@@ -229,7 +230,7 @@ impl Blip2Retrieval {
     }
 
     /// ITC text embeddings: one L2-normalised vector per text (`[texts][dim]`).
-    pub fn text_embeddings(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+    pub fn text_embeddings(&self, texts: &[impl AsRef<str>]) -> Result<Vec<Vec<f32>>> {
         let features = self.text_features(texts)?;
         let [n, d] = features.dims();
         let flat = to_vec(features)?;
@@ -238,7 +239,11 @@ impl Blip2Retrieval {
 
     /// ITC similarity of every image with every text, `[images][texts]`: the cosine, maximised
     /// over the image's queries.
-    pub fn similarity(&self, images: &[DynamicImage], texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+    pub fn similarity(
+        &self,
+        images: &[DynamicImage],
+        texts: &[impl AsRef<str>],
+    ) -> Result<Vec<Vec<f32>>> {
         Ok(self.scores(images, texts, false)?.itc)
     }
 
@@ -248,7 +253,7 @@ impl Blip2Retrieval {
     pub fn scores(
         &self,
         images: &[DynamicImage],
-        texts: &[&str],
+        texts: &[impl AsRef<str>],
         with_itm: bool,
     ) -> Result<Scores> {
         let (vision, queries) = self.encode(images)?;
@@ -311,7 +316,11 @@ impl Blip2Retrieval {
         Ok(logits)
     }
 
-    fn itm_logits(&self, images: &[DynamicImage], texts: &[&str]) -> Result<Vec<[f32; 2]>> {
+    fn itm_logits(
+        &self,
+        images: &[DynamicImage],
+        texts: &[impl AsRef<str>],
+    ) -> Result<Vec<[f32; 2]>> {
         let (vision, _) = self.encode(images)?;
         self.itm_logits_of(&vision, &self.tokenize(texts)?)
     }
@@ -320,7 +329,7 @@ impl Blip2Retrieval {
     pub fn match_logits(
         &self,
         images: &[DynamicImage],
-        texts: &[&str],
+        texts: &[impl AsRef<str>],
     ) -> Result<Vec<Vec<[f32; 2]>>> {
         let pairs = self.itm_logits(images, texts)?;
         Ok(pairs
@@ -333,7 +342,7 @@ impl Blip2Retrieval {
     pub fn match_probability(
         &self,
         images: &[DynamicImage],
-        texts: &[&str],
+        texts: &[impl AsRef<str>],
     ) -> Result<Vec<Vec<f32>>> {
         let logits = self.itm_logits(images, texts)?;
         Ok(match_rows(&logits, texts.len()))
@@ -344,7 +353,7 @@ impl Blip2Retrieval {
     pub fn rank(
         &self,
         images: &[DynamicImage],
-        texts: &[&str],
+        texts: &[impl AsRef<str>],
         k: usize,
     ) -> Result<Vec<Vec<RankedText>>> {
         if k == 0 {
@@ -357,7 +366,7 @@ impl Blip2Retrieval {
             let mut order: Vec<usize> = (0..texts.len()).collect();
             order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
             order.truncate(k);
-            let candidates: Vec<&str> = order.iter().map(|&j| texts[j]).collect();
+            let candidates: Vec<&str> = order.iter().map(|&j| texts[j].as_ref()).collect();
             let image = vision.clone().slice(burn::tensor::s![i..i + 1]);
             let logits = self.itm_logits_of(&image, &self.tokenize(&candidates)?)?;
             let mut ranked: Vec<RankedText> = order
@@ -394,7 +403,7 @@ fn match_rows(logits: &[[f32; 2]], texts: usize) -> Vec<Vec<f32>> {
 fn to_vec<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
     blip2_lm::read_back(t)?
         .try_into_vec_as::<f32>()
-        .map_err(|e| Error::InvalidInput(format!("tensor data: {e:?}")))
+        .map_err(|e| Error::Backend(format!("tensor data: {e:?}")))
 }
 
 fn rows(t: Tensor<2>) -> Result<Vec<Vec<f32>>> {

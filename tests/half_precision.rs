@@ -119,7 +119,7 @@ fn a_dtype_the_backend_lacks_is_an_error() {
             assert_eq!(result.unwrap().dtype(), dtype);
         } else {
             assert!(
-                matches!(result, Err(Error::InvalidInput(ref m)) if m.contains("cannot run")),
+                matches!(result, Err(Error::Unsupported(ref m)) if m.contains("cannot run")),
                 "{dtype:?}"
             );
         }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use blip2::preprocess::{load_image, ImageLimits};
-use blip2::{Blip2, Blip2Retrieval, Error};
+use blip2::{Blip2, Blip2Retrieval, Error, ErrorKind};
 use safetensors::SafeTensors;
 use serde_json::Value;
 
@@ -78,8 +78,8 @@ fn check(name: &str, ours: Vec<f32>, theirs: &[f32], tolerance: f32) {
 #[test]
 fn tokenization_matches_the_processor() {
     let g = grid();
-    let texts: Vec<&str> = g.texts.iter().map(String::as_str).collect();
-    let blip2::TokenizedTexts { ids, padding } = model().tokenize(&texts).unwrap();
+    let texts = &g.texts; // owned Strings: the API takes any AsRef<str>
+    let blip2::TokenizedTexts { ids, padding } = model().tokenize(texts).unwrap();
     let r = &g.meta["retrieval"];
     let expected: Vec<Vec<u32>> = serde_json::from_value(r["text_input_ids"].clone()).unwrap();
     let mask: Vec<Vec<u8>> = serde_json::from_value(r["text_attention_mask"].clone()).unwrap();
@@ -94,7 +94,7 @@ fn tokenization_matches_the_processor() {
 #[test]
 fn itc_embeddings_and_similarity_match_transformers() {
     let g = grid();
-    let texts: Vec<&str> = g.texts.iter().map(String::as_str).collect();
+    let texts = &g.texts;
     let m = model();
     let (shape, theirs) = golden(&g, "itc_image_embeds");
     let ours = m.image_embeddings(&g.images).unwrap();
@@ -106,7 +106,7 @@ fn itc_embeddings_and_similarity_match_transformers() {
         1e-4,
     );
     let (shape, theirs) = golden(&g, "itc_text_embeds");
-    let ours = m.text_embeddings(&texts).unwrap();
+    let ours = m.text_embeddings(texts).unwrap();
     assert_eq!(vec![ours.len(), ours[0].len()], shape);
     check(
         "text embeddings",
@@ -115,7 +115,7 @@ fn itc_embeddings_and_similarity_match_transformers() {
         1e-4,
     );
     let (_, theirs) = golden(&g, "itc_similarity");
-    let ours = m.similarity(&g.images, &texts).unwrap();
+    let ours = m.similarity(&g.images, texts).unwrap();
     assert_eq!((ours.len(), ours[0].len()), (3, 3));
     check(
         "ITC similarity",
@@ -128,10 +128,10 @@ fn itc_embeddings_and_similarity_match_transformers() {
 #[test]
 fn itm_matches_transformers() {
     let g = grid();
-    let texts: Vec<&str> = g.texts.iter().map(String::as_str).collect();
+    let texts = &g.texts;
     let m = model();
     let (_, theirs) = golden(&g, "itm_logits");
-    let ours = m.match_logits(&g.images, &texts).unwrap();
+    let ours = m.match_logits(&g.images, texts).unwrap();
     check(
         "ITM logits",
         ours.into_iter().flatten().flatten().collect(),
@@ -140,7 +140,7 @@ fn itm_matches_transformers() {
     );
     let (_, theirs) = golden(&g, "itm_probability");
     let ours: Vec<f32> = m
-        .match_probability(&g.images, &texts)
+        .match_probability(&g.images, texts)
         .unwrap()
         .into_iter()
         .flatten()
@@ -158,11 +158,11 @@ fn itm_matches_transformers() {
 #[test]
 fn rank_reorders_itc_candidates_by_itm() {
     let g = grid();
-    let texts: Vec<&str> = g.texts.iter().map(String::as_str).collect();
+    let texts = &g.texts;
     let m = model();
-    let ranked = m.rank(&g.images, &texts, 2).unwrap();
-    let itc = m.similarity(&g.images, &texts).unwrap();
-    let logits = m.match_logits(&g.images, &texts).unwrap();
+    let ranked = m.rank(&g.images, texts, 2).unwrap();
+    let itc = m.similarity(&g.images, texts).unwrap();
+    let logits = m.match_logits(&g.images, texts).unwrap();
     for (i, r) in ranked.iter().enumerate() {
         assert_eq!(r.len(), 2);
         // The candidates are the two best by ITC...
@@ -191,7 +191,7 @@ fn bad_retrieval_inputs() {
         Err(Error::InvalidInput(_))
     ));
     assert!(matches!(
-        m.similarity(&g.images, &[]),
+        m.similarity(&g.images, blip2::NO_PROMPTS),
         Err(Error::InvalidInput(_))
     ));
     assert!(matches!(
@@ -212,17 +212,42 @@ fn bad_retrieval_inputs() {
         m.similarity(&g.images[..1], &[long.as_str()]).unwrap()[0].len(),
         1
     );
-    // A captioning checkpoint is not a retrieval checkpoint, and the other way round.
+    // A captioning checkpoint is not a retrieval checkpoint, and the other way round: a set-up
+    // problem, not a bad argument.
     let opt = fixtures().join("tiny-opt");
-    assert!(matches!(
-        Blip2Retrieval::from_pretrained(opt.to_str().unwrap()),
-        Err(Error::InvalidInput(_))
-    ));
+    let err = Blip2Retrieval::from_pretrained(opt.to_str().unwrap()).unwrap_err();
+    assert!(matches!(err, Error::Unsupported(_)), "{err}");
+    assert_eq!(err.kind(), ErrorKind::Setup);
     let itm = fixtures().join("tiny-itm");
-    assert!(matches!(
-        Blip2::from_pretrained(itm.to_str().unwrap()),
-        Err(Error::InvalidInput(_))
-    ));
+    let err = Blip2::from_pretrained(itm.to_str().unwrap()).unwrap_err();
+    assert!(matches!(err, Error::Unsupported(_)), "{err}");
+    assert_eq!(err.kind(), ErrorKind::Setup);
+}
+
+#[test]
+fn errors_tell_bad_calls_from_a_bad_set_up() {
+    let g = grid();
+    let m = model();
+    // The caller's mistakes: the same model works with other arguments.
+    for err in [
+        m.similarity(&g.images, &[""]).unwrap_err(),
+        m.similarity(&[], &["a cat"]).unwrap_err(),
+        m.rank(&g.images, &["a cat"], 0).unwrap_err(),
+    ] {
+        assert_eq!(err.kind(), ErrorKind::Input, "{err}");
+        assert!(err.is_input());
+    }
+    // The set-up's: a model that is not there, an option the model cannot honour.
+    let missing = Blip2Retrieval::from_pretrained(fixtures().join("no-such-model")).unwrap_err();
+    assert_eq!(missing.kind(), ErrorKind::Setup, "{missing}");
+    let f16 = Blip2Retrieval::builder(fixtures().join("tiny-itm"))
+        .dtype(blip2::WeightDType::F16)
+        .build()
+        .unwrap_err();
+    assert_eq!(f16.kind(), ErrorKind::Setup, "{f16}");
+    assert!(!f16.is_input());
+    let backend = blip2::backend::device("no-such-backend").unwrap_err();
+    assert_eq!(backend.kind(), ErrorKind::Setup, "{backend}");
 }
 
 #[test]
@@ -250,15 +275,15 @@ fn loading_uses_every_stored_tensor() {
 fn scores_match_transformers_with_and_without_itm() {
     // `similarity` is `scores` without ITM, so compare with transformers, not with each other.
     let g = grid();
-    let texts: Vec<&str> = g.texts.iter().map(String::as_str).collect();
+    let texts = &g.texts;
     let m = model();
     let flat = |v: &Vec<Vec<f32>>| v.iter().flatten().copied().collect::<Vec<f32>>();
     let (_, itc) = golden(&g, "itc_similarity");
     let (_, itm) = golden(&g, "itm_probability");
-    let both = m.scores(&g.images, &texts, true).unwrap();
+    let both = m.scores(&g.images, texts, true).unwrap();
     check("scores' ITC", flat(&both.itc), &itc, 1e-4);
     check("scores' ITM", flat(both.itm.as_ref().unwrap()), &itm, 1e-6);
-    let itc_only = m.scores(&g.images, &texts, false).unwrap();
+    let itc_only = m.scores(&g.images, texts, false).unwrap();
     check("ITC alone", flat(&itc_only.itc), &itc, 1e-4);
     assert!(itc_only.itm.is_none());
 }

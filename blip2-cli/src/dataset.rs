@@ -251,7 +251,7 @@ pub fn caption_dataset(
             }
         }
         if !decoded.is_empty() {
-            let generations = blip2.generate(&decoded, &[], config)?;
+            let generations = blip2.generate(&decoded, blip2::NO_PROMPTS, config)?;
             for (slot, gens) in slots.into_iter().zip(generations) {
                 captioned += 1;
                 let sequence = |g: &blip2::Generation| {

@@ -189,15 +189,48 @@ pub enum Error {
         limit: u64,
     },
 
-    /// An argument a caller passed is not usable (empty batch, mismatched counts, ...).
+    /// An argument a caller passed is not usable (empty batch, mismatched counts, a
+    /// contradictory generation config, ...): the call is wrong, the model is fine.
     #[error("invalid input: {0}")]
     InvalidInput(String),
+
+    /// What was asked for is not available with this model, backend or build: a retrieval
+    /// checkpoint asked to generate text, a dtype the backend cannot run, a backend not compiled
+    /// in. The call may be fine; the set-up is not.
+    #[error("not supported: {0}")]
+    Unsupported(String),
+
+    /// The tokenizer failed on a text or on generated ids (a tokenizer that does not match the
+    /// model's vocabulary).
+    #[error("tokenizer failed: {0}")]
+    Tokenization(String),
 
     /// The backend could not store or compute a tensor: for instance a GPU driver that cannot
     /// bind a buffer as large as a weight (lavapipe and WebGPU's defaults stop at 128 MiB, while
     /// OPT-2.7b's embedding is 515 MB in f32).
     #[error("the backend failed: {0}")]
     Backend(String),
+}
+
+/// The class of an [`enum@Error`], for callers that handle classes rather than variants: a
+/// server answering 400 or 500, a command choosing its exit code, a batch job deciding whether
+/// to skip one item or stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The caller's arguments or data are wrong (an empty batch, mismatched counts, an invalid
+    /// generation config, an image that does not decode or is too large). Fix the call or skip
+    /// the item; the model stays usable.
+    Input,
+    /// The model or the set-up is wrong: a checkpoint missing, incomplete, corrupt or of the
+    /// wrong kind, a config or tokenizer that does not load, a download that failed, a backend or
+    /// dtype that is not available.
+    Setup,
+    /// A file could not be read. The path says whose file it is: an image the caller named, or a
+    /// part of the model.
+    Io,
+    /// The backend failed while storing or computing tensors.
+    Backend,
 }
 
 fn display_paths(paths: &[PathBuf]) -> String {
@@ -225,6 +258,39 @@ impl Error {
             path: path.into(),
             source,
         }
+    }
+
+    /// Which class of problem this is: see [`ErrorKind`].
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::InvalidInput(_) | Error::ImageDecode { .. } | Error::ImageTooLarge { .. } => {
+                ErrorKind::Input
+            }
+            Error::Io { .. } => ErrorKind::Io,
+            Error::Backend(_) => ErrorKind::Backend,
+            Error::Json { .. }
+            | Error::InvalidConfig { .. }
+            | Error::UnsupportedModelType { .. }
+            | Error::ModelNotFound { .. }
+            | Error::Download { .. }
+            | Error::PickleOnly { .. }
+            | Error::NoWeights { .. }
+            | Error::MissingTensor { .. }
+            | Error::ShapeMismatch { .. }
+            | Error::UnsupportedDType { .. }
+            | Error::CorruptWeights { .. }
+            | Error::MissingShard { .. }
+            | Error::UnsafeShardPath { .. }
+            | Error::Tokenizer { .. }
+            | Error::Unsupported(_)
+            | Error::Tokenization(_) => ErrorKind::Setup,
+        }
+    }
+
+    /// Whether the caller's arguments or data are at fault ([`ErrorKind::Input`]): the same call
+    /// with other inputs can succeed on the same model.
+    pub fn is_input(&self) -> bool {
+        self.kind() == ErrorKind::Input
     }
 
     /// An [`Error::InvalidConfig`] for `field`.

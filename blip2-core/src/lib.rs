@@ -10,5 +10,5 @@ pub mod nn;
 pub mod weights;
 
 pub use config::Blip2Config;
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};
 pub use weights::{RandomWeights, WeightDType, WeightSource, Weights};

@@ -349,7 +349,7 @@ fn rows_of(logits: Tensor<2>) -> Result<Vec<Vec<f32>>> {
     let [rows, vocab] = logits.dims();
     let flat = crate::read_back(logits)?
         .try_into_vec_as::<f32>()
-        .map_err(|e| Error::InvalidInput(format!("logits: {e:?}")))?;
+        .map_err(|e| Error::Backend(format!("logits: {e:?}")))?;
     Ok((0..rows)
         .map(|r| flat[r * vocab..(r + 1) * vocab].to_vec())
         .collect())

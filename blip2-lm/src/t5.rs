@@ -165,7 +165,7 @@ impl RelativeBias {
         )?;
         let table = data
             .try_into_vec_as::<f32>()
-            .map_err(|e| Error::InvalidInput(format!("relative attention bias: {e:?}")))?;
+            .map_err(|e| Error::Backend(format!("relative attention bias: {e:?}")))?;
         Ok(RelativeBias {
             table,
             num_heads: c.num_heads,

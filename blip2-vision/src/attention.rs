@@ -39,7 +39,7 @@ pub fn read_qkv_bias(attn: &Weights, hidden: usize) -> Result<Option<TensorData>
 }
 
 fn data_err(e: burn::tensor::DataError) -> Error {
-    Error::InvalidInput(format!("unexpected tensor data: {e:?}"))
+    Error::Backend(format!("unexpected tensor data: {e:?}"))
 }
 
 /// `Blip2Attention`: one fused `qkv` projection (`[3 * hidden, hidden]`, bias `[q, 0, v]`),
