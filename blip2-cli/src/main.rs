@@ -5,6 +5,7 @@
 //! non-zero with one line on stderr.
 
 mod dataset;
+mod serve;
 
 use std::ops::ControlFlow;
 use std::process::ExitCode;
@@ -365,6 +366,15 @@ enum Command {
         /// Images to preprocess.
         images: Vec<String>,
     },
+    /// Serve the model over HTTP: OpenAI-compatible /v1/chat/completions, /v1/caption,
+    /// /v1/match and /v1/embeddings (retrieval checkpoints), /health, /ready, /metrics.
+    /// Stops gracefully on SIGINT/SIGTERM. See docs/serving.md.
+    Serve {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        serve: serve::ServeArgs,
+    },
 }
 
 /// A seed that differs from run to run (std's randomly keyed hasher, over the clock).
@@ -417,7 +427,8 @@ impl Command {
             | Command::Generate { model, .. }
             | Command::Match { model, .. }
             | Command::Embed { model, .. }
-            | Command::Inspect { model, .. } => model,
+            | Command::Inspect { model, .. }
+            | Command::Serve { model, .. } => model,
         }
     }
 }
@@ -507,8 +518,7 @@ fn run(mut cli: Cli) -> Result<(), AnyError> {
             check_images(&images)?;
             let retrieval = load_retrieval(&model)?;
             let decoded = load_images(&images)?;
-            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-            let Scores { itc, itm } = retrieval.scores(&decoded, &refs, !itc_only)?;
+            let Scores { itc, itm } = retrieval.scores(&decoded, &texts, !itc_only)?;
             if model.json {
                 let mut doc = json!({
                     "model": model.model, "images": images, "texts": texts, "itc": itc,
@@ -554,8 +564,7 @@ fn run(mut cli: Cli) -> Result<(), AnyError> {
                     .collect();
             }
             if !texts.is_empty() {
-                let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-                let embeddings = retrieval.text_embeddings(&refs)?;
+                let embeddings = retrieval.text_embeddings(&texts)?;
                 doc["texts"] = texts
                     .iter()
                     .zip(embeddings)
@@ -564,6 +573,7 @@ fn run(mut cli: Cli) -> Result<(), AnyError> {
             }
             print_json(&doc)
         }
+        Command::Serve { model, serve } => serve::run(&model, &serve),
         Command::Inspect { model, images } => {
             check_images(&images)?;
             let checkpoint = Checkpoint::open(&model.model, model.revision.as_deref())?;
@@ -593,6 +603,11 @@ fn run(mut cli: Cli) -> Result<(), AnyError> {
 }
 
 fn device(model: &ModelArgs) -> Result<blip2::Device, AnyError> {
+    Ok(blip2::backend::device(&backend_name(model)?)?)
+}
+
+/// `--backend`, or the first one compiled in.
+fn backend_name(model: &ModelArgs) -> Result<String, AnyError> {
     let name = match &model.backend {
         Some(name) => name.clone(),
         None => blip2::backend::available_backends()
@@ -600,7 +615,7 @@ fn device(model: &ModelArgs) -> Result<blip2::Device, AnyError> {
             .ok_or("this build of blip2 has no backend compiled in")?
             .to_string(),
     };
-    Ok(blip2::backend::device(&name)?)
+    Ok(name)
 }
 
 fn spinner(message: String) -> ProgressBar {
@@ -813,14 +828,11 @@ impl<'a> Job<'a> {
         for (b, batch) in images.chunks(batch_size).enumerate() {
             let first = b * batch_size;
             let decoded = load_images(batch)?;
-            let refs: Vec<&str> = match prompts.len() {
-                0 | 1 => prompts.iter().map(String::as_str).collect(),
-                _ => prompts[first..first + batch.len()]
-                    .iter()
-                    .map(String::as_str)
-                    .collect(),
+            let batch_prompts = match prompts.len() {
+                0 | 1 => prompts,
+                _ => &prompts[first..first + batch.len()],
             };
-            let (out, timings) = blip2.generate_timed(&decoded, &refs, &config)?;
+            let (out, timings) = blip2.generate_timed(&decoded, batch_prompts, &config)?;
             total.encode += timings.encode;
             total.prefill += timings.prefill;
             total.decode += timings.decode;

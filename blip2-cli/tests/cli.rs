@@ -1004,3 +1004,87 @@ fn inspect_tells_what_the_checkpoint_is() {
         .unwrap()
         .contains("tokenizer.json"));
 }
+
+/// One `Connection: close` HTTP exchange: the status and the body.
+fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (status, body)
+}
+
+#[test]
+fn serve_answers_like_caption_and_stops_cleanly_on_sigterm() {
+    use base64::Engine as _;
+    use std::io::BufRead;
+    use std::process::Stdio;
+    let model = fixture("tiny-opt");
+    let image = fixture("images/rgb_96x64.png");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_blip2"))
+        .args(["serve", "--model", &model, "--port", "0"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_owned();
+    let start = std::time::Instant::now();
+    while http(&addr, "GET", "/ready", "").0 != 200 {
+        assert!(start.elapsed().as_secs() < 60, "never ready");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let png = std::fs::read(&image).unwrap();
+    let url = format!(
+        "data:image/png;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(&png)
+    );
+    let body = serde_json::json!({
+        "messages": [{ "role": "user", "content": [{ "type": "image_url", "image_url": { "url": url } }] }],
+        "max_tokens": 8,
+    });
+    let (status, response) = http(&addr, "POST", "/v1/chat/completions", &body.to_string());
+    assert_eq!(status, 200, "{response}");
+    let response: Value = serde_json::from_str(&response).unwrap();
+    let caption = json(&blip2(&[
+        "caption",
+        "--model",
+        &model,
+        "--max-new-tokens",
+        "8",
+        "--json",
+        &image,
+    ]));
+    assert_eq!(
+        response["choices"][0]["message"]["content"],
+        caption["results"][0]["text"]
+    );
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+}

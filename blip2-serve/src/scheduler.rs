@@ -1,0 +1,295 @@
+//! The one thread that owns the model: it takes jobs off a bounded queue and batches compatible
+//! generation requests into one `generate` call.
+//!
+//! Requests are compatible when they ask for the same generation settings and do not sample
+//! (a sampled request keeps its own seed's draws, so it runs alone). A batch is whatever is
+//! queued within `max_wait` of its first request, up to `max_batch_size`. If a batched call
+//! fails, each request is run again alone, so one bad request cannot fail its neighbours.
+
+use std::collections::VecDeque;
+use std::ops::ControlFlow;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use blip2::image::DynamicImage;
+use blip2::{Blip2, Blip2Retrieval, Generation, GenerationConfig, Timings};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::metrics::Metrics;
+
+/// The loaded model: a captioning / question-answering checkpoint or a retrieval one.
+// One per server, never moved after loading: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
+pub enum Loaded {
+    /// `Blip2ForConditionalGeneration` (OPT or Flan-T5).
+    Generation(Blip2),
+    /// `Blip2ForImageTextRetrieval`.
+    Retrieval(Blip2Retrieval),
+}
+
+/// What a whole (not streamed) generation request gets back.
+pub type Generated = blip2::Result<(Vec<Generation>, Timings)>;
+
+/// How a generation request wants its answer.
+pub enum Reply {
+    /// All sequences at once.
+    Whole(oneshot::Sender<Generated>),
+    /// Text pieces as they are generated, then the finished generation.
+    Stream {
+        /// Each new piece of text; a closed receiver stops the generation.
+        pieces: mpsc::UnboundedSender<String>,
+        /// The generation, once finished or stopped.
+        done: oneshot::Sender<blip2::Result<Generation>>,
+    },
+}
+
+/// One image to generate for.
+pub struct GenerateJob {
+    /// The decoded image.
+    pub image: DynamicImage,
+    /// The language model's prompt; empty to caption.
+    pub prompt: String,
+    /// Validated generation settings.
+    pub config: GenerationConfig,
+    /// Where the answer goes.
+    pub reply: Reply,
+}
+
+impl GenerateJob {
+    fn batchable(&self) -> bool {
+        matches!(self.reply, Reply::Whole(_)) && !self.config.do_sample
+    }
+
+    fn abandoned(&self) -> bool {
+        match &self.reply {
+            Reply::Whole(tx) => tx.is_closed(),
+            Reply::Stream { pieces, .. } => pieces.is_closed(),
+        }
+    }
+}
+
+/// Work for the model thread.
+// Jobs are moved once into the queue and once out; boxing the large one would only add an
+// allocation.
+#[allow(clippy::large_enum_variant)]
+pub enum Job {
+    /// Generation, batched with compatible requests.
+    Generate(GenerateJob),
+    /// Anything else that needs the model (matching, embeddings, the readiness probe), run in
+    /// queue order.
+    Run(Box<dyn FnOnce(&Loaded) + Send>),
+}
+
+/// Batching limits.
+#[derive(Clone, Copy, Debug)]
+pub struct Batching {
+    /// Most requests per `generate` call.
+    pub max_batch_size: usize,
+    /// How long the first request of a batch waits for others.
+    pub max_wait: Duration,
+}
+
+/// The sending side of the queue.
+#[derive(Clone)]
+pub struct Queue {
+    tx: SyncSender<Job>,
+    metrics: Arc<Metrics>,
+}
+
+/// Why a job was not queued.
+pub enum Refused {
+    /// The queue is full.
+    Full,
+    /// The model thread has stopped.
+    Stopped,
+}
+
+impl Queue {
+    /// Queues `job` without waiting.
+    pub fn try_push(&self, job: Job) -> Result<(), Refused> {
+        match self.tx.try_send(job) {
+            Ok(()) => {
+                self.metrics.enqueued();
+                Ok(())
+            }
+            Err(TrySendError::Full(_)) => Err(Refused::Full),
+            Err(TrySendError::Disconnected(_)) => Err(Refused::Stopped),
+        }
+    }
+}
+
+/// Starts the model thread with a queue of `capacity` waiting jobs.
+pub fn start(
+    model: Arc<Loaded>,
+    capacity: usize,
+    batching: Batching,
+    metrics: Arc<Metrics>,
+) -> Queue {
+    let (tx, rx) = std::sync::mpsc::sync_channel(capacity);
+    let worker = Worker {
+        model,
+        rx,
+        batching,
+        metrics: metrics.clone(),
+        pending: VecDeque::new(),
+    };
+    std::thread::Builder::new()
+        .name("blip2-model".to_owned())
+        .spawn(move || worker.run())
+        .expect("spawning the model thread");
+    Queue { tx, metrics }
+}
+
+struct Worker {
+    model: Arc<Loaded>,
+    rx: Receiver<Job>,
+    batching: Batching,
+    metrics: Arc<Metrics>,
+    /// Jobs taken off the queue while a batch was collected that did not fit it.
+    pending: VecDeque<Job>,
+}
+
+impl Worker {
+    fn run(mut self) {
+        while let Some(job) = self.next() {
+            match job {
+                Job::Run(f) => f(&self.model),
+                Job::Generate(g) if g.batchable() => {
+                    let batch = self.collect(g);
+                    self.generate_batch(batch);
+                }
+                Job::Generate(g) => self.generate_alone(g),
+            }
+        }
+    }
+
+    /// The next job: a pending one, else one from the queue (waiting until the queue closes).
+    fn next(&mut self) -> Option<Job> {
+        if let Some(job) = self.pending.pop_front() {
+            return Some(job);
+        }
+        let job = self.rx.recv().ok();
+        if job.is_some() {
+            self.metrics.dequeued();
+        }
+        job
+    }
+
+    /// `first` and the compatible requests that arrive within `max_wait`.
+    fn collect(&mut self, first: GenerateJob) -> Vec<GenerateJob> {
+        let fits =
+            |job: &GenerateJob, first: &GenerateJob| job.batchable() && job.config == first.config;
+        let mut batch = vec![first];
+        // Pending jobs that fit go first: they have waited longest.
+        let mut rest = VecDeque::new();
+        while let Some(job) = self.pending.pop_front() {
+            match job {
+                Job::Generate(g)
+                    if batch.len() < self.batching.max_batch_size && fits(&g, &batch[0]) =>
+                {
+                    batch.push(g)
+                }
+                other => rest.push_back(other),
+            }
+        }
+        self.pending = rest;
+        let deadline = Instant::now() + self.batching.max_wait;
+        while batch.len() < self.batching.max_batch_size {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let Ok(job) = self.rx.recv_timeout(left) else {
+                break;
+            };
+            self.metrics.dequeued();
+            match job {
+                Job::Generate(g) if fits(&g, &batch[0]) => batch.push(g),
+                // Run the batch now: holding more jobs here would take them off the bounded
+                // queue into an unbounded list.
+                other => {
+                    self.pending.push_back(other);
+                    break;
+                }
+            }
+        }
+        batch
+    }
+
+    fn blip2(&self) -> Option<&Blip2> {
+        match self.model.as_ref() {
+            Loaded::Generation(m) => Some(m),
+            Loaded::Retrieval(_) => None,
+        }
+    }
+
+    fn generate_batch(&self, batch: Vec<GenerateJob>) {
+        let batch: Vec<GenerateJob> = batch.into_iter().filter(|j| !j.abandoned()).collect();
+        let Some(blip2) = self.blip2() else {
+            return;
+        };
+        if batch.is_empty() {
+            return;
+        }
+        if batch.len() == 1 {
+            return self.generate_alone(batch.into_iter().next().expect("one job"));
+        }
+        let images: Vec<DynamicImage> = batch.iter().map(|j| j.image.clone()).collect();
+        let prompts: Vec<&str> = batch.iter().map(|j| j.prompt.as_str()).collect();
+        match blip2.generate_timed(&images, &prompts, &batch[0].config) {
+            Ok((out, timings)) => {
+                let tokens = out.iter().flatten().map(|g| g.token_ids.len()).sum();
+                self.metrics.batch(batch.len(), &timings, tokens);
+                for (job, generations) in batch.into_iter().zip(out) {
+                    if let Reply::Whole(tx) = job.reply {
+                        let _ = tx.send(Ok((generations, timings)));
+                    }
+                }
+            }
+            // One request may be what failed (a prompt too long for the positions, say): run
+            // each alone so that only that one gets the error.
+            Err(_) => {
+                for job in batch {
+                    self.generate_alone(job);
+                }
+            }
+        }
+    }
+
+    fn generate_alone(&self, job: GenerateJob) {
+        let Some(blip2) = self.blip2() else {
+            return;
+        };
+        if job.abandoned() {
+            return;
+        }
+        let image = std::slice::from_ref(&job.image);
+        match job.reply {
+            Reply::Whole(tx) => {
+                let result = blip2.generate_timed(image, &[job.prompt.as_str()], &job.config);
+                let result = result.map(|(mut out, timings)| {
+                    let generations = out.pop().unwrap_or_default();
+                    let tokens = generations.iter().map(|g| g.token_ids.len()).sum();
+                    self.metrics.batch(1, &timings, tokens);
+                    (generations, timings)
+                });
+                let _ = tx.send(result);
+            }
+            Reply::Stream { pieces, done } => {
+                let prompt = (!job.prompt.is_empty()).then_some(job.prompt.as_str());
+                let result = blip2.generate_stream(&job.image, prompt, &job.config, &mut |piece| {
+                    match pieces.send(piece.to_owned()) {
+                        Ok(()) => ControlFlow::Continue(()),
+                        // The client went away.
+                        Err(_) => ControlFlow::Break(()),
+                    }
+                });
+                if let Ok(g) = &result {
+                    self.metrics.streamed(g.token_ids.len());
+                }
+                let _ = done.send(result);
+            }
+        }
+    }
+}
