@@ -4,6 +4,8 @@
 #![warn(missing_docs)]
 
 pub mod config;
+#[cfg(feature = "flex")]
+mod cpu;
 pub mod error;
 pub mod image;
 pub mod nn;

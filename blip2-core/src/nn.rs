@@ -31,7 +31,8 @@ pub fn param<const D: usize>(
 /// A linear layer, `y = x Wᵀ + b`, with the weight kept in PyTorch's `[out, in]` layout (loading
 /// neither copies nor transposes it).
 ///
-/// The product is computed by [`project`]; see there for why.
+/// On burn-flex with the `flex` feature, a product of at most 16 rows in f32 (a decoding step)
+/// goes through `blip2-kernels`, bias fused; anything else is computed by [`project`].
 #[derive(Module, Debug)]
 pub struct Dense {
     /// `[out, in]`.
@@ -68,12 +69,20 @@ impl Dense {
         let mut dims = x.dims();
         let d_in = dims[D - 1];
         let rows = dims[..D - 1].iter().product::<usize>();
-        let y = project(x.reshape([rows, d_in]), self.weight.val());
+        let x = x.reshape([rows, d_in]);
+        dims[D - 1] = self.d_out();
+        #[cfg(feature = "flex")]
+        {
+            let bias = self.bias.as_ref().map(Param::val);
+            if let Some(y) = crate::cpu::linear(&x, &self.weight.val(), bias.as_ref()) {
+                return y.reshape(dims);
+            }
+        }
+        let y = project(x, self.weight.val());
         let y = match &self.bias {
             Some(b) => y + b.val().unsqueeze::<2>(),
             None => y,
         };
-        dims[D - 1] = self.d_out();
         y.reshape(dims)
     }
 }
@@ -83,6 +92,9 @@ const PROJECT_BLOCKS: usize = 4;
 
 /// `x Wᵀ` for `x: [rows, in]` and `W: [out, in]` (PyTorch's layout), as `[rows, out]`.
 ///
+/// With the `flex` feature, on burn-flex, at most 16 rows in f32 go through `blip2-kernels`
+/// (memory-bound matrix-vector kernels); otherwise, as follows.
+///
 /// Computed as `(W xᵀ)ᵀ` with `W`'s rows split into four blocks, one batched
 /// matrix product. On the CPU backend this is both the fastest orientation for BLIP-2's shapes and
 /// the only one that uses every core when `rows` is small: burn-flex runs a single
@@ -91,6 +103,10 @@ const PROJECT_BLOCKS: usize = 4;
 /// during decoding), 2 threads: 6 ms instead of 11 ms. The result is the same up to summation
 /// order.
 pub fn project(x: Tensor<2>, weight: Tensor<2>) -> Tensor<2> {
+    #[cfg(feature = "flex")]
+    if let Some(y) = crate::cpu::linear(&x, &weight, None) {
+        return y;
+    }
     let [out, d_in] = weight.dims();
     let rows = x.dims()[0];
     let blocks = if out % PROJECT_BLOCKS == 0 {
