@@ -56,7 +56,7 @@ pub use retrieval::{Blip2Retrieval, RankedText, Scores, TokenizedTexts, ITM_PAIR
 
 /// Lower-level generation pieces: the language-model trait, prompts, sequences.
 pub mod lm {
-    pub use blip2_lm::generation::{Prompt, DEFAULT_MAX_NEW_TOKENS};
+    pub use blip2_lm::generation::{fresh_seed, Prompt, DEFAULT_MAX_NEW_TOKENS};
     pub use blip2_lm::{
         check_device, generate, read_back, GeneratedSequence, LanguageModel, OptForCausalLM,
         T5ForConditionalGeneration,

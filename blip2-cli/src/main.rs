@@ -244,7 +244,7 @@ impl GenerationArgs {
         c.num_return_sequences = self.num_return_sequences.unwrap_or(c.num_return_sequences);
         c.seed = match self.seed {
             Some(seed) => seed,
-            None if c.do_sample => fresh_seed(),
+            None if c.do_sample => blip2::lm::fresh_seed(),
             None => c.seed,
         };
         c
@@ -375,18 +375,6 @@ enum Command {
         #[command(flatten)]
         serve: serve::ServeArgs,
     },
-}
-
-/// A seed that differs from run to run (std's randomly keyed hasher, over the clock).
-fn fresh_seed() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    hasher.finish()
 }
 
 fn main() -> ExitCode {

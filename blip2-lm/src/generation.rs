@@ -18,6 +18,19 @@ use crate::LanguageModel;
 /// own default, `max_length = 20` in all, is shorter than BLIP-2's image prefix.)
 pub const DEFAULT_MAX_NEW_TOKENS: usize = 30;
 
+/// A sampling seed that differs from call to call (std's randomly keyed hasher over the clock),
+/// for sampling without a seed given: what the `blip2` command and server use.
+pub fn fresh_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    hasher.finish()
+}
+
 /// Generation settings, with transformers' names and meanings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenerationConfig {

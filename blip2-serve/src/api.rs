@@ -134,24 +134,12 @@ impl GenerationOptions {
         }
         c.seed = match self.seed {
             Some(seed) => seed,
-            None if c.do_sample => fresh_seed(),
+            None if c.do_sample => blip2::lm::fresh_seed(),
             None => c.seed,
         };
         c.validate()?;
         Ok(c)
     }
-}
-
-/// A seed no two requests share.
-fn fresh_seed() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    hasher.finish()
 }
 
 /// Parses a JSON body.

@@ -264,7 +264,7 @@ fn spawn_loader(
             batching,
             state.metrics.clone(),
         );
-        match routes::probe(&model, &queue) {
+        match routes::probe(&queue) {
             Ok(()) => {
                 let _ = state.model.set((model, queue));
                 state.ready.store(true, Ordering::Release);

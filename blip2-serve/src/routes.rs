@@ -652,6 +652,34 @@ const MAX_RETRIEVAL_IMAGES: usize = 16;
 const MAX_RETRIEVAL_TEXTS: usize = 256;
 
 impl AppState {
+    /// The retrieval model's queue and the request body parsed as `T`.
+    async fn retrieval_request<T: serde::de::DeserializeOwned>(
+        &self,
+        headers: &HeaderMap,
+        body: Body,
+    ) -> Result<(&Queue, T), ApiError> {
+        let (_, queue) = self.retrieval()?;
+        let bytes = self.read_body(headers, body).await?;
+        let request = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::bad_request(format!("invalid request: {e}")))?;
+        Ok((queue, request))
+    }
+
+    /// [`AppState::run`] on the retrieval model (checked by [`AppState::retrieval`] before).
+    async fn run_retrieval<T: Send + 'static>(
+        &self,
+        queue: &Queue,
+        f: impl FnOnce(&Blip2Retrieval) -> blip2::Result<T> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        self.run(queue, move |model| match model {
+            Loaded::Retrieval(m) => f(m),
+            Loaded::Generation(_) => Err(blip2::Error::Unsupported(
+                "a captioning checkpoint cannot match or embed".to_owned(),
+            )),
+        })
+        .await
+    }
+
     async fn decode_all(&self, images: &[String]) -> Result<Vec<DynamicImage>, ApiError> {
         if images.len() > MAX_RETRIEVAL_IMAGES {
             return Err(ApiError::bad_request(format!(
@@ -683,19 +711,13 @@ async fn match_scores(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    let (_, queue) = s.retrieval()?;
-    let bytes = s.read_body(&headers, body).await?;
-    let request: MatchRequest = serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::bad_request(format!("invalid request: {e}")))?;
+    let (queue, request): (_, MatchRequest) = s.retrieval_request(&headers, body).await?;
     check_texts(&request.texts)?;
     let images = s.decode_all(&request.images).await?;
     let texts = request.texts;
     let with_itm = !request.itc_only;
     let scores = s
-        .run(queue, move |model| match model {
-            Loaded::Retrieval(m) => m.scores(&images, &texts, with_itm),
-            Loaded::Generation(_) => unreachable!("checked by retrieval()"),
-        })
+        .run_retrieval(queue, move |m| m.scores(&images, &texts, with_itm))
         .await?;
     Ok(Json(json!({
         "model": s.config.model_name,
@@ -739,10 +761,7 @@ async fn embeddings(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    let (_, queue) = s.retrieval()?;
-    let bytes = s.read_body(&headers, body).await?;
-    let request: EmbeddingsRequest = serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::bad_request(format!("invalid request: {e}")))?;
+    let (queue, request): (_, EmbeddingsRequest) = s.retrieval_request(&headers, body).await?;
     if request
         .encoding_format
         .as_deref()
@@ -763,10 +782,7 @@ async fn embeddings(
     check_texts(&texts)?;
     let images = s.decode_all(&request.images).await?;
     let (text_vectors, image_vectors) = s
-        .run(queue, move |model| {
-            let Loaded::Retrieval(m) = model else {
-                unreachable!("checked by retrieval()")
-            };
+        .run_retrieval(queue, move |m| {
             let t = if texts.is_empty() {
                 Vec::new()
             } else {
@@ -799,47 +815,33 @@ async fn embeddings(
     })))
 }
 
-/// The readiness probe: one tiny request through the model thread.
-pub fn probe(model: &Arc<Loaded>, queue: &Queue) -> Result<(), String> {
-    let image = DynamicImage::new_rgb8(32, 32);
-    match model.as_ref() {
-        Loaded::Generation(m) => {
-            let config = GenerationConfig {
-                max_new_tokens: Some(1),
-                max_length: None,
-                min_new_tokens: None,
-                min_length: None,
-                num_beams: 1,
-                num_return_sequences: 1,
-                do_sample: false,
-                ..m.generation_config().clone()
-            };
-            let (tx, rx) = oneshot::channel();
-            queue
-                .try_push(Job::Generate(GenerateJob {
-                    image,
-                    prompt: String::new(),
-                    config,
-                    reply: Reply::Whole(tx),
-                }))
-                .map_err(|_| "the queue refused the probe".to_owned())?;
-            rx.blocking_recv()
-                .map_err(|_| "the model thread stopped".to_owned())?
-                .map(drop)
-                .map_err(|e| e.to_string())
-        }
-        Loaded::Retrieval(_) => {
-            let (tx, rx) = oneshot::channel();
-            queue
-                .try_push(Job::Run(Box::new(move |model: &Loaded| {
-                    if let Loaded::Retrieval(m) = model {
-                        let _ = tx.send(m.text_embeddings(&["a probe"]).map(drop));
-                    }
-                })))
-                .map_err(|_| "the queue refused the probe".to_owned())?;
-            rx.blocking_recv()
-                .map_err(|_| "the model thread stopped".to_owned())?
-                .map_err(|e| e.to_string())
-        }
-    }
+/// The readiness probe: one tiny request run on the model thread.
+pub fn probe(queue: &Queue) -> Result<(), String> {
+    let (tx, rx) = oneshot::channel();
+    let job = Job::Run(Box::new(move |model: &Loaded| {
+        let result = match model {
+            Loaded::Generation(m) => {
+                let config = GenerationConfig {
+                    max_new_tokens: Some(1),
+                    max_length: None,
+                    min_new_tokens: None,
+                    min_length: None,
+                    num_beams: 1,
+                    num_return_sequences: 1,
+                    do_sample: false,
+                    ..m.generation_config().clone()
+                };
+                let image = DynamicImage::new_rgb8(32, 32);
+                m.generate(&[image], blip2::NO_PROMPTS, &config).map(drop)
+            }
+            Loaded::Retrieval(m) => m.text_embeddings(&["a probe"]).map(drop),
+        };
+        let _ = tx.send(result);
+    }));
+    queue
+        .try_push(job)
+        .map_err(|_| "the queue refused the probe".to_owned())?;
+    rx.blocking_recv()
+        .map_err(|_| "the model thread stopped".to_owned())?
+        .map_err(|e| e.to_string())
 }
