@@ -108,8 +108,29 @@ pub fn linear_f32_at(
     if rows == 0 || out == 0 {
         return;
     }
+    // One row (a decoding step): `[out, 1]` is `y`'s own layout, so the products go straight
+    // into it, with no scratch buffer and no transposition.
+    if rows == 1 {
+        products(level, x, w, d_in, rows, y);
+        if let Some(b) = bias {
+            y.iter_mut().zip(b).for_each(|(v, b)| *v += b);
+        }
+        return;
+    }
     // Transposed output, `[out, rows]`: each thread writes one contiguous block of it.
     let mut yt = vec![0f32; out * rows];
+    products(level, x, w, d_in, rows, &mut yt);
+    for r in 0..rows {
+        let row = &mut y[r * out..(r + 1) * out];
+        for (o, v) in row.iter_mut().enumerate() {
+            *v = yt[o * rows + r] + bias.map_or(0.0, |b| b[o]);
+        }
+    }
+}
+
+/// `yt[o][r] = Σ_k x[r][k] w[o][k]` for every output, in contiguous blocks over rayon's pool.
+fn products(level: Level, x: &[f32], w: &[f32], d_in: usize, rows: usize, yt: &mut [f32]) {
+    let out = yt.len() / rows;
     let threads = rayon::current_num_threads().max(1);
     // Blocks of a multiple of 4 outputs (the micro-kernel's width), about one per thread; tiny
     // layers stay on one thread.
@@ -124,12 +145,6 @@ pub fn linear_f32_at(
             let w = &w[first * d_in..(first + n) * d_in];
             block_at(level, x, w, d_in, rows, yt);
         });
-    for r in 0..rows {
-        let row = &mut y[r * out..(r + 1) * out];
-        for (o, v) in row.iter_mut().enumerate() {
-            *v = yt[o * rows + r] + bias.map_or(0.0, |b| b[o]);
-        }
-    }
 }
 
 /// One block of outputs: `yt[o][r] = Σ_k x[r][k] w[o][k]`.

@@ -81,12 +81,7 @@ impl GenerationOptions {
         let new_tokens = c
             .max_new_tokens
             .unwrap_or(blip2::lm::DEFAULT_MAX_NEW_TOKENS);
-        if new_tokens > limits.max_new_tokens {
-            return Err(ApiError::bad_request(format!(
-                "max_tokens {new_tokens} is over this server's limit of {}",
-                limits.max_new_tokens
-            )));
-        }
+        within("max_tokens", new_tokens, limits.max_new_tokens)?;
         match self.temperature {
             Some(0.0) => c.do_sample = false,
             Some(t) => {
@@ -105,22 +100,10 @@ impl GenerationOptions {
             c.top_k = k;
         }
         if let Some(n) = self.n {
-            if n > limits.max_n {
-                return Err(ApiError::bad_request(format!(
-                    "n = {n} is over this server's limit of {}",
-                    limits.max_n
-                )));
-            }
-            c.num_return_sequences = n;
+            c.num_return_sequences = within("n", n, limits.max_n)?;
         }
         if let Some(beams) = self.num_beams {
-            if beams > limits.max_beams {
-                return Err(ApiError::bad_request(format!(
-                    "num_beams = {beams} is over this server's limit of {}",
-                    limits.max_beams
-                )));
-            }
-            c.num_beams = beams;
+            c.num_beams = within("num_beams", beams, limits.max_beams)?;
         }
         if let Some(p) = self.repetition_penalty {
             c.repetition_penalty = p;
@@ -140,6 +123,16 @@ impl GenerationOptions {
         c.validate()?;
         Ok(c)
     }
+}
+
+/// `value`, or a 400 when it is over this server's `limit` for `name`.
+fn within(name: &str, value: usize, limit: usize) -> Result<usize, ApiError> {
+    if value > limit {
+        return Err(ApiError::bad_request(format!(
+            "{name} = {value} is over this server's limit of {limit}"
+        )));
+    }
+    Ok(value)
 }
 
 /// Parses a JSON body.
