@@ -328,6 +328,12 @@ pub fn run_case_in(fixture: &str, name: &str, precision: &Precision) {
         check_clear_steps(name, &case, &ours, &expected, noise.unwrap_or(tolerance));
         return;
     }
+    if !every_step_clear(&case, tolerance) {
+        // f32, but transformers' own choice at some step was within the tolerance (a tie that
+        // summation order decides): the ids up to that step, and nothing after it.
+        check_clear_steps(name, &case, &ours, &expected, tolerance);
+        return;
+    }
     assert_eq!(ours, expected, "{name}: generated ids");
     let texts: Vec<String> = case["texts"]
         .as_array()
@@ -353,6 +359,16 @@ pub fn run_case_in(fixture: &str, name: &str, precision: &Precision) {
 /// choose what they chose. Past a closer call, rounding may legitimately pick the other token.
 /// Beam search cases (no margins: their beams tie at every step on these tiny models) check
 /// logits only.
+/// Whether every greedy step of `case` chose its token by more than twice `noise` (true for beam
+/// search, and for goldens without margins).
+fn every_step_clear(case: &Value, noise: f32) -> bool {
+    case["step_margins"].as_array().is_none_or(|margins| {
+        margins
+            .iter()
+            .all(|m| m.as_f64().is_none_or(|m| m > 2.0 * noise as f64))
+    })
+}
+
 fn check_clear_steps(
     name: &str,
     case: &Value,

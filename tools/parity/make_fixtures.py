@@ -581,6 +581,28 @@ GENERATION_CASES = [
 ]
 
 
+def step_margins(scores):
+    """How close each greedy step came to choosing another token: the smallest top-1/top-2 gap of
+    the processed scores over the batch. A reimplementation whose scores differ from these by less
+    than half the gap makes the same choice."""
+    margins = []
+    for step in scores:
+        top = step.float().topk(2, dim=-1).values
+        gap = top[:, 0] - top[:, 1]
+        gap = gap[torch.isfinite(gap)]
+        margins.append(float(gap.min()) if gap.numel() else None)
+    return margins
+
+
+def greedy_margins(model, inputs, kwargs):
+    """`step_margins` of a greedy case (None for beam search, whose beams tie by construction)."""
+    if kwargs.get("num_beams", 1) != 1:
+        return None
+    generated = model.generate(**inputs, do_sample=False, output_scores=True, return_dict_in_generate=True,
+                               **kwargs)
+    return step_margins(generated.scores)
+
+
 def case_record(name, image_names, prompts, kwargs, inputs, out_ids, prompt_len, processor, pad):
     """One generation case as the goldens' JSON stores it: the inputs, the new tokens of every
     returned sequence (without the trailing pads of rows that finished early) and their text."""
@@ -623,10 +645,11 @@ def make_generation_goldens(images, out: Path):
                 tensors[f"{name}.first_logits"] = logits
                 top2 = logits.topk(2, dim=-1).values
                 min_gap = min(min_gap, float((top2[:, 0] - top2[:, 1]).min()))
+            margins = greedy_margins(model, inputs, kwargs)
         # transformers returns the whole input row then the new tokens for decoder-only models.
         prompt_len = inputs["input_ids"].shape[1] if "input_ids" in inputs else NUM_QUERY_TOKENS + 1
         cases.append(case_record(name, image_names, prompts, kwargs, inputs, out_ids, prompt_len,
-                                 processor, pad=1))
+                                 processor, pad=1) | {"step_margins": margins})
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / "generation.safetensors"))
     meta = {"cases": cases, "min_top1_top2_logit_gap_first_step": min_gap, "pad_token_id": 1}
     (out / "generation.json").write_text(json.dumps(meta, indent=1) + "\n")
@@ -683,8 +706,10 @@ def make_t5_generation_goldens(images, out: Path, model, processor):
             tensors[f"{name}.first_logits"] = logits
             top2 = logits.topk(2, dim=-1).values
             min_gap = min(min_gap, float((top2[:, 0] - top2[:, 1]).min()))
+            margins = greedy_margins(model, inputs, kwargs)
         # The new tokens follow decoder_start_token_id.
-        cases.append(case_record(name, image_names, prompts, kwargs, inputs, out_ids, 1, processor, pad=0))
+        cases.append(case_record(name, image_names, prompts, kwargs, inputs, out_ids, 1, processor, pad=0)
+                     | {"step_margins": margins})
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / "generation.safetensors"))
     meta = {"cases": cases, "min_top1_top2_logit_gap_first_step": min_gap, "pad_token_id": 0}
     (out / "generation.json").write_text(json.dumps(meta, indent=1) + "\n")

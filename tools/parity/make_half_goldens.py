@@ -83,19 +83,6 @@ def check_matches_from_pretrained(folder: Path, model, dtype):
         assert ours[key].dtype == t.dtype and torch.equal(ours[key], t), key
 
 
-def step_margins(scores):
-    """How close each greedy step came to choosing another token: the smallest top-1/top-2 gap of
-    the processed scores over the batch. A reimplementation whose scores differ from these by less
-    than half the gap makes the same choice."""
-    margins = []
-    for step in scores:
-        top = step.float().topk(2, dim=-1).values
-        gap = top[:, 0] - top[:, 1]
-        gap = gap[torch.isfinite(gap)]
-        margins.append(float(gap.min()) if gap.numel() else None)
-    return margins
-
-
 def encoder_outputs(folder: Path, model, dtype):
     """Vision, Q-Former and projection outputs for the pixel values of goldens.safetensors, stored
     as f32 under `encoder.*`."""
@@ -165,7 +152,7 @@ def write(folder: Path, tag: str, t5: bool):
         # scores of beams that start out identical: ties at every step, so no per-step margin is
         # meaningful there.
         case["forced_tokens"] = [row[prompt_len:].tolist() for row in out_ids] if greedy else None
-        case["step_margins"] = step_margins(generated.scores) if greedy else None
+        case["step_margins"] = fx.step_margins(generated.scores) if greedy else None
         cases.append(case)
     tensors.update(encoder_outputs(folder, model, dtype))
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / f"generation_{tag}.safetensors"))
