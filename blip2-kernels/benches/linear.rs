@@ -1,13 +1,42 @@
-//! Matrix-vector throughput of the kernels at BLIP-2's decoding shapes, per level, as GB/s of
-//! weight read (`cargo bench -p blip2-kernels --bench linear`). Each timed call reads another
-//! copy of the weight, from a set of copies larger than any cache (≥ 1 GiB in all), so the
-//! figures are memory bandwidth, not cache bandwidth; best of 20 calls.
+//! Matrix-vector throughput of the kernels at BLIP-2's decoding shapes, per level and weight
+//! type, as GB/s of weight read (`cargo bench -p blip2-kernels --bench linear`). Each timed call
+//! reads another copy of the weight, from a set of copies larger than any cache (≥ 1 GiB in all),
+//! so the figures are memory bandwidth, not cache bandwidth; best of 20 calls. The first line is
+//! the machine's own reference: a plain sum over 1 GiB on every thread the kernels use.
 
 use std::time::Instant;
 
-use blip2_kernels::{linear_f32_at, Level};
+use blip2_kernels::{bf16, f16, linear_at, Level, Weight};
+
+/// A weight type the bench can fill.
+trait Fill: Weight {
+    const NAME: &'static str;
+    fn from(v: f32) -> Self;
+}
+
+impl Fill for f32 {
+    const NAME: &'static str = "f32";
+    fn from(v: f32) -> Self {
+        v
+    }
+}
+
+impl Fill for f16 {
+    const NAME: &'static str = "f16";
+    fn from(v: f32) -> Self {
+        f16::from_f32(v)
+    }
+}
+
+impl Fill for bf16 {
+    const NAME: &'static str = "bf16";
+    fn from(v: f32) -> Self {
+        bf16::from_f32(v)
+    }
+}
 
 fn main() {
+    stream_reference();
     // OPT-2.7b's fc1 and fc2, one attention projection, and bench-small's fc1.
     let shapes = [(10240, 2560), (2560, 10240), (2560, 2560), (3072, 768)];
     for level in [Level::Portable, Level::Avx2, Level::Avx512] {
@@ -15,35 +44,78 @@ fn main() {
             continue;
         }
         for &(out, d_in) in &shapes {
-            for rows in [1, 8] {
-                let copies = (1usize << 30).div_ceil(out * d_in * 4);
-                let weights: Vec<Vec<f32>> = (0..copies)
-                    .map(|c| {
-                        (0..out * d_in)
-                            .map(|i| ((i + c) % 97) as f32 * 0.01)
-                            .collect()
-                    })
-                    .collect();
-                let x: Vec<f32> = (0..rows * d_in).map(|i| (i % 13) as f32 * 0.1).collect();
-                let mut y = vec![0f32; rows * out];
-                let mut best = f64::INFINITY;
-                for call in 0..20 + copies {
-                    let w = &weights[call % copies];
-                    let t = Instant::now();
-                    linear_f32_at(level, &x, w, None, d_in, &mut y);
-                    // The first pass over the copies faults their pages in: not timed.
-                    if call >= copies {
-                        best = best.min(t.elapsed().as_secs_f64());
-                    }
-                }
-                let gb = (out * d_in * 4) as f64 / 1e9;
-                println!(
-                    "{level:?}\t[{rows}, {d_in}] x [{out}, {d_in}]ᵀ\t{:.3} ms\t{:.1} GB/s\t{:.1} GFLOP/s",
-                    best * 1e3,
-                    gb / best,
-                    2.0 * (rows * out * d_in) as f64 / best / 1e9
-                );
-            }
+            bench::<f32>(level, out, d_in);
+            bench::<f16>(level, out, d_in);
+            bench::<bf16>(level, out, d_in);
         }
     }
+}
+
+fn bench<W: Fill>(level: Level, out: usize, d_in: usize) {
+    let bytes = out * d_in * std::mem::size_of::<W>();
+    let copies = (1usize << 30).div_ceil(bytes);
+    let weights: Vec<Vec<W>> = (0..copies)
+        .map(|c| {
+            (0..out * d_in)
+                .map(|i| W::from(((i + c) % 97) as f32 * 0.01))
+                .collect()
+        })
+        .collect();
+    for rows in [1, 8] {
+        let x: Vec<f32> = (0..rows * d_in).map(|i| (i % 13) as f32 * 0.1).collect();
+        let mut y = vec![0f32; rows * out];
+        let mut best = f64::INFINITY;
+        for call in 0..20 + copies {
+            let w = &weights[call % copies];
+            let t = Instant::now();
+            linear_at(level, &x, w, None, d_in, &mut y);
+            // The first pass over the copies faults their pages in: not timed.
+            if call >= copies {
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+        }
+        println!(
+            "{level:?}\t{}\t[{rows}, {d_in}] x [{out}, {d_in}]ᵀ\t{:.3} ms\t{:.1} GB/s\t{:.1} GFLOP/s",
+            W::NAME,
+            best * 1e3,
+            bytes as f64 / 1e9 / best,
+            2.0 * (rows * out * d_in) as f64 / best / 1e9
+        );
+    }
+}
+
+/// The streaming read bandwidth of the machine: each thread sums its own half (or share) of a
+/// 1 GiB buffer; best of 10 passes.
+fn stream_reference() {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let data: Vec<f32> = (0..(1usize << 28)).map(|i| (i % 7) as f32).collect();
+    let chunk = data.len().div_ceil(threads);
+    let mut best = f64::INFINITY;
+    let mut total = 0.0;
+    for _ in 0..10 {
+        let t = Instant::now();
+        total += std::thread::scope(|s| {
+            let parts: Vec<_> = data
+                .chunks(chunk)
+                .map(|part| {
+                    s.spawn(move || {
+                        let mut lanes = [0f32; 16];
+                        for c in part.chunks_exact(16) {
+                            for (l, v) in lanes.iter_mut().zip(c) {
+                                *l += v;
+                            }
+                        }
+                        lanes.iter().sum::<f32>()
+                    })
+                })
+                .collect();
+            parts.into_iter().map(|p| p.join().unwrap()).sum::<f32>()
+        });
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    println!(
+        "stream\t{threads} threads\tsum over 1 GiB\t{:.3} ms\t{:.1} GB/s\t(checksum {total:.0})",
+        best * 1e3,
+        (data.len() * 4) as f64 / 1e9 / best
+    );
 }

@@ -1,6 +1,7 @@
 //! CPU kernels for linear layers, on plain slices (no burn types): `y = x Wᵀ + b` for a few rows
 //! of `x` (one decoding step, a few beams, a small batch) and a weight in PyTorch's `[out, in]`
-//! row-major layout, read in place.
+//! row-major layout, read in place. The weight and bias are f32, f16 or bf16 ([`Weight`]),
+//! widened to f32 in registers; the input and output are f32 and every sum is taken in f32.
 //!
 //! These products are bound by memory: every weight byte is read once per call, so the kernel
 //! streams the weight's rows (four at a time) and keeps the input rows in cache. The output rows
@@ -8,15 +9,19 @@
 //! oversubscribed) in contiguous blocks; each output element is reduced by one thread, in an
 //! order that depends only on `in`, so results do not depend on the number of threads.
 //!
-//! The instruction set is chosen once at run time ([`Level::detected`]): AVX-512, AVX2 with FMA,
-//! or portable Rust. `BLIP2_KERNELS=portable|avx2|avx512` forces a level (the CPU's best is used
+//! The instruction set is chosen once at run time ([`Level::detected`]): AVX-512, AVX2 with FMA
+//! and F16C, or portable Rust. `BLIP2_KERNELS=portable|avx2|avx512` forces a level (the CPU's best is used
 //! when it lacks the one asked for), so tests can cover each path on one machine.
 
 #![warn(missing_docs)]
 
 mod portable;
+mod weight;
 #[cfg(target_arch = "x86_64")]
 mod x86;
+
+pub use half::{bf16, f16};
+pub use weight::Weight;
 
 use std::sync::OnceLock;
 
@@ -28,7 +33,7 @@ pub const MAX_ROWS: usize = 16;
 pub enum Level {
     /// Plain Rust (the compiler may vectorise it).
     Portable,
-    /// AVX2 and FMA (x86-64).
+    /// AVX2, FMA and F16C (x86-64).
     Avx2,
     /// AVX-512 F (x86-64).
     Avx512,
@@ -44,6 +49,7 @@ impl Level {
             }
             if std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("fma")
+                && std::arch::is_x86_feature_detected!("f16c")
             {
                 return Level::Avx2;
             }
@@ -72,22 +78,23 @@ impl Level {
     }
 }
 
-/// `y = x Wᵀ + b` at [`Level::detected`]; see [`linear_f32_at`].
-pub fn linear_f32(x: &[f32], w: &[f32], bias: Option<&[f32]>, d_in: usize, y: &mut [f32]) {
-    linear_f32_at(Level::detected(), x, w, bias, d_in, y)
+/// `y = x Wᵀ + b` at [`Level::detected`]; see [`linear_at`].
+pub fn linear<W: Weight>(x: &[f32], w: &[W], bias: Option<&[W]>, d_in: usize, y: &mut [f32]) {
+    linear_at(Level::detected(), x, w, bias, d_in, y)
 }
 
 /// `y = x Wᵀ + b` for `x: [rows, in]`, `w: [out, in]` (row-major), `bias: [out]`,
-/// `y: [rows, out]`, at `level`.
+/// `y: [rows, out]`, at `level`. Each output is `Σ_k x[r][k] w[o][k]` summed in f32 in an order
+/// that depends only on `in` and `level`, plus the bias, rounded once to f32.
 ///
 /// # Panics
 /// If the lengths do not fit these shapes (`d_in` = 0, `w.len()` not a multiple of `d_in`, ...),
 /// or if the CPU cannot run `level`.
-pub fn linear_f32_at(
+pub fn linear_at<W: Weight>(
     level: Level,
     x: &[f32],
-    w: &[f32],
-    bias: Option<&[f32]>,
+    w: &[W],
+    bias: Option<&[W]>,
     d_in: usize,
     y: &mut [f32],
 ) {
@@ -113,7 +120,7 @@ pub fn linear_f32_at(
     if rows == 1 {
         products(level, x, w, d_in, rows, y);
         if let Some(b) = bias {
-            y.iter_mut().zip(b).for_each(|(v, b)| *v += b);
+            y.iter_mut().zip(b).for_each(|(v, b)| *v += b.to_f32());
         }
         return;
     }
@@ -123,13 +130,13 @@ pub fn linear_f32_at(
     for r in 0..rows {
         let row = &mut y[r * out..(r + 1) * out];
         for (o, v) in row.iter_mut().enumerate() {
-            *v = yt[o * rows + r] + bias.map_or(0.0, |b| b[o]);
+            *v = yt[o * rows + r] + bias.map_or(0.0, |b| b[o].to_f32());
         }
     }
 }
 
 /// `yt[o][r] = Σ_k x[r][k] w[o][k]` for every output, in contiguous blocks over rayon's pool.
-fn products(level: Level, x: &[f32], w: &[f32], d_in: usize, rows: usize, yt: &mut [f32]) {
+fn products<W: Weight>(level: Level, x: &[f32], w: &[W], d_in: usize, rows: usize, yt: &mut [f32]) {
     let out = yt.len() / rows;
     let threads = rayon::current_num_threads().max(1);
     // Blocks of a multiple of 4 outputs (the micro-kernel's width), about one per thread; tiny
@@ -148,7 +155,7 @@ fn products(level: Level, x: &[f32], w: &[f32], d_in: usize, rows: usize, yt: &m
 }
 
 /// One block of outputs: `yt[o][r] = Σ_k x[r][k] w[o][k]`.
-fn block_at(level: Level, x: &[f32], w: &[f32], d_in: usize, rows: usize, yt: &mut [f32]) {
+fn block_at<W: Weight>(level: Level, x: &[f32], w: &[W], d_in: usize, rows: usize, yt: &mut [f32]) {
     match level {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `linear_f32_at` checked that the CPU runs `level`.
@@ -165,15 +172,15 @@ mod tests {
     use super::*;
 
     /// The product in f64, summed in order: the ground truth.
-    fn reference(x: &[f32], w: &[f32], bias: Option<&[f32]>, d_in: usize) -> Vec<f64> {
+    fn reference<W: Weight>(x: &[f32], w: &[W], bias: Option<&[W]>, d_in: usize) -> Vec<f64> {
         let (rows, out) = (x.len() / d_in, w.len() / d_in);
         let mut y = vec![0f64; rows * out];
         for r in 0..rows {
             for o in 0..out {
                 let dot: f64 = (0..d_in)
-                    .map(|k| f64::from(x[r * d_in + k]) * f64::from(w[o * d_in + k]))
+                    .map(|k| f64::from(x[r * d_in + k]) * f64::from(w[o * d_in + k].to_f32()))
                     .sum();
-                y[r * out + o] = dot + bias.map_or(0.0, |b| f64::from(b[o]));
+                y[r * out + o] = dot + bias.map_or(0.0, |b| f64::from(b[o].to_f32()));
             }
         }
         y
@@ -199,31 +206,56 @@ mod tests {
             .collect()
     }
 
-    fn check(level: Level, rows: usize, out: usize, d_in: usize, with_bias: bool) {
+    /// Values of the weight type (rounded from [-1, 1)).
+    trait FromF32: Weight {
+        fn from(v: f32) -> Self;
+    }
+    impl FromF32 for f32 {
+        fn from(v: f32) -> Self {
+            v
+        }
+    }
+    impl FromF32 for f16 {
+        fn from(v: f32) -> Self {
+            f16::from_f32(v)
+        }
+    }
+    impl FromF32 for bf16 {
+        fn from(v: f32) -> Self {
+            bf16::from_f32(v)
+        }
+    }
+
+    fn weights<W: FromF32>(n: usize, seed: u64) -> Vec<W> {
+        values(n, seed).into_iter().map(W::from).collect()
+    }
+
+    fn check<W: FromF32>(level: Level, rows: usize, out: usize, d_in: usize, with_bias: bool) {
         let x = values(rows * d_in, 1 + rows as u64);
-        let w = values(out * d_in, 7 + out as u64 * 31 + d_in as u64);
-        let b = values(out, 3);
+        let w = weights::<W>(out * d_in, 7 + out as u64 * 31 + d_in as u64);
+        let b = weights::<W>(out, 3);
         let bias = with_bias.then_some(b.as_slice());
         let mut y = vec![f32::NAN; rows * out];
-        linear_f32_at(level, &x, &w, bias, d_in, &mut y);
+        linear_at(level, &x, &w, bias, d_in, &mut y);
         let want = reference(&x, &w, bias, d_in);
         for (i, (&got, &want)) in y.iter().zip(&want).enumerate() {
-            // f32 summation of d_in products of magnitude <= 1: error well under d_in * 2^-23.
+            // f32 summation of d_in products of magnitude <= 1 (the weights widened exactly):
+            // error well under d_in * 2^-23.
             let bound = 1e-6 * (d_in as f64 + 1.0);
             assert!(
                 (f64::from(got) - want).abs() <= bound,
-                "{level:?} rows {rows} out {out} in {d_in}: y[{i}] = {got}, want {want}"
+                "{level:?} {} rows {rows} out {out} in {d_in}: y[{i}] = {got}, want {want}",
+                std::any::type_name::<W>()
             );
         }
     }
 
-    #[test]
-    fn every_level_matches_the_reference_at_every_tail_shape() {
+    fn every_tail_shape<W: FromF32>() {
         for level in levels() {
             for d_in in (1..=40).chain([63, 64, 65, 127, 129, 257]) {
                 for out in [1, 2, 3, 4, 5, 7, 8, 9, 17] {
-                    for rows in [1, 2, 3, 4, 5, 8, 9, 16] {
-                        check(level, rows, out, d_in, (d_in + out) % 2 == 0);
+                    for rows in [1, 2, 3, 4, 5, 8, 9, 16, 17] {
+                        check::<W>(level, rows, out, d_in, (d_in + out) % 2 == 0);
                     }
                 }
             }
@@ -231,10 +263,54 @@ mod tests {
     }
 
     #[test]
+    fn every_level_matches_the_reference_at_every_tail_shape_f32() {
+        every_tail_shape::<f32>();
+    }
+
+    #[test]
+    fn every_level_matches_the_reference_at_every_tail_shape_f16() {
+        every_tail_shape::<f16>();
+    }
+
+    #[test]
+    fn every_level_matches_the_reference_at_every_tail_shape_bf16() {
+        every_tail_shape::<bf16>();
+    }
+
+    #[test]
     fn large_layers_split_over_threads_match_too() {
         for level in levels() {
-            check(level, 1, 1030, 300, true);
-            check(level, 3, 2049, 96, false);
+            check::<f32>(level, 1, 1030, 300, true);
+            check::<f32>(level, 3, 2049, 96, false);
+            check::<bf16>(level, 1, 1030, 2560, true);
+            check::<f16>(level, 2, 2049, 33, true);
+        }
+    }
+
+    /// Special values go through the widening unchanged: infinities and NaN propagate, and
+    /// subnormal f16 weights are not flushed to zero.
+    #[test]
+    fn special_weight_values_widen_exactly() {
+        let d_in = 19;
+        let x = vec![1.0f32; d_in];
+        let tiny = f16::from_bits(1); // the smallest subnormal, 2^-24
+        for level in levels() {
+            let mut y = [0f32; 3];
+            let mut w = vec![f16::ZERO; 3 * d_in];
+            w[0] = f16::INFINITY;
+            w[d_in + 18] = f16::NAN;
+            w[2 * d_in + 17] = tiny;
+            linear_at(level, &x, &w, None, d_in, &mut y);
+            assert_eq!(y[0], f32::INFINITY, "{level:?}");
+            assert!(y[1].is_nan(), "{level:?}");
+            assert_eq!(y[2], 2f32.powi(-24), "{level:?}");
+            let wb: Vec<bf16> = [bf16::NEG_INFINITY, bf16::from_f32(3.0)]
+                .into_iter()
+                .chain(std::iter::repeat_n(bf16::ZERO, 2 * d_in - 2))
+                .collect();
+            let mut yb = [0f32; 2];
+            linear_at(level, &x, &wb, None, d_in, &mut yb);
+            assert_eq!(yb, [f32::NEG_INFINITY, 0.0], "{level:?}");
         }
     }
 
@@ -243,17 +319,25 @@ mod tests {
         let (rows, out, d_in) = (2, 4099, 77);
         let x = values(rows * d_in, 5);
         let w = values(out * d_in, 6);
+        let wb = weights::<bf16>(out * d_in, 6);
         for level in levels() {
-            let run = |threads: usize| {
+            let run = |threads: usize, half: bool| {
                 let pool = rayon::ThreadPoolBuilder::new()
                     .num_threads(threads)
                     .build()
                     .unwrap();
                 let mut y = vec![0f32; rows * out];
-                pool.install(|| linear_f32_at(level, &x, &w, None, d_in, &mut y));
+                pool.install(|| {
+                    if half {
+                        linear_at(level, &x, &wb, None, d_in, &mut y)
+                    } else {
+                        linear_at(level, &x, &w, None, d_in, &mut y)
+                    }
+                });
                 y
             };
-            assert_eq!(run(1), run(3), "{level:?}");
+            assert_eq!(run(1, false), run(3, false), "{level:?}");
+            assert_eq!(run(1, true), run(2, true), "{level:?} bf16");
         }
     }
 
@@ -261,6 +345,6 @@ mod tests {
     #[should_panic(expected = "y must be")]
     fn wrong_shapes_panic_with_a_message() {
         let mut y = vec![0f32; 3];
-        linear_f32_at(Level::Portable, &[1.0; 4], &[1.0; 8], None, 4, &mut y);
+        linear_at(Level::Portable, &[1.0; 4], &[1.0f32; 8], None, 4, &mut y);
     }
 }

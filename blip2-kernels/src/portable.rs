@@ -1,7 +1,9 @@
 //! The portable kernel: plain Rust, eight partial sums per dot product.
 
+use crate::Weight;
+
 /// `yt[o][r] = Σ_k x[r][k] w[o][k]` for `x: [rows, d_in]`, `w: [outs, d_in]`, `yt: [outs, rows]`.
-pub fn block(x: &[f32], w: &[f32], d_in: usize, rows: usize, yt: &mut [f32]) {
+pub fn block<W: Weight>(x: &[f32], w: &[W], d_in: usize, rows: usize, yt: &mut [f32]) {
     for (o, yt) in yt.chunks_exact_mut(rows).enumerate() {
         let wr = &w[o * d_in..(o + 1) * d_in];
         for (r, y) in yt.iter_mut().enumerate() {
@@ -11,19 +13,19 @@ pub fn block(x: &[f32], w: &[f32], d_in: usize, rows: usize, yt: &mut [f32]) {
 }
 
 /// The dot product of equal-length slices, in a fixed order.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+fn dot<W: Weight>(a: &[f32], b: &[W]) -> f32 {
     let mut lanes = [0f32; 8];
     let (a8, a_rest) = a.split_at(a.len() / 8 * 8);
     let (b8, b_rest) = b.split_at(a8.len());
     for (ca, cb) in a8.chunks_exact(8).zip(b8.chunks_exact(8)) {
         for i in 0..8 {
             // Not `mul_add`: without FMA in the target that is a libm call.
-            lanes[i] += ca[i] * cb[i];
+            lanes[i] += ca[i] * cb[i].to_f32();
         }
     }
     let mut sum = lanes.iter().sum::<f32>();
     for (p, q) in a_rest.iter().zip(b_rest) {
-        sum += p * q;
+        sum += p * q.to_f32();
     }
     sum
 }

@@ -1,16 +1,17 @@
-//! AVX2 + FMA: 8 lanes, the tail of `in` summed in scalar code.
+//! AVX2 + FMA (+ F16C for f16 weights): 8 lanes, the tail of `in` summed in scalar code.
 
 use std::arch::x86_64::*;
 
 use super::dispatch_tile;
+use crate::Weight;
 
 /// `yt[o][r] = Σ_k x[r][k] w[o][k]` for `x: [rows, d_in]`, `w: [outs, d_in]`, `yt: [outs, rows]`,
 /// in tiles of up to 4 rows × 4 outputs.
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA.
-#[target_feature(enable = "avx2,fma")]
-pub unsafe fn block(x: &[f32], w: &[f32], d_in: usize, rows: usize, yt: &mut [f32]) {
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn block<W: Weight>(x: &[f32], w: &[W], d_in: usize, rows: usize, yt: &mut [f32]) {
     let outs = yt.len() / rows;
     assert!(x.len() == rows * d_in && w.len() == outs * d_in);
     for o0 in (0..outs).step_by(4) {
@@ -39,12 +40,12 @@ fn hsum(v: __m256) -> f32 {
 /// `sums[r][o] = Σ_k x[r][k] w[o][k]` over `R` rows of `x` and `O` rows of `w`.
 ///
 /// # Safety
-/// AVX2 and FMA; `x.len() >= R * d_in` and `w.len() >= O * d_in`.
-#[target_feature(enable = "avx2,fma")]
+/// AVX2, FMA and F16C; `x.len() >= R * d_in` and `w.len() >= O * d_in`.
+#[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn tile<const R: usize, const O: usize>(
+unsafe fn tile<W: Weight, const R: usize, const O: usize>(
     x: &[f32],
-    w: &[f32],
+    w: &[W],
     d_in: usize,
     sums: &mut [[f32; O]; R],
 ) {
@@ -57,7 +58,7 @@ unsafe fn tile<const R: usize, const O: usize>(
         let mut wv = [_mm256_setzero_ps(); O];
         for (o, v) in wv.iter_mut().enumerate() {
             // SAFETY: k + 8 <= d_in, so row o's 8 values at k are inside `w`.
-            *v = unsafe { _mm256_loadu_ps(wp.add(o * d_in + k)) };
+            *v = unsafe { W::load8(wp.add(o * d_in + k)) };
         }
         for (r, acc) in acc.iter_mut().enumerate() {
             // SAFETY: as above, for row r of `x`.
@@ -72,7 +73,7 @@ unsafe fn tile<const R: usize, const O: usize>(
         for (o, (s, a)) in sums.iter_mut().zip(acc).enumerate() {
             let mut sum = hsum(*a);
             for k in full..d_in {
-                sum = x[r * d_in + k].mul_add(w[o * d_in + k], sum);
+                sum = x[r * d_in + k].mul_add(w[o * d_in + k].to_f32(), sum);
             }
             *s = sum;
         }

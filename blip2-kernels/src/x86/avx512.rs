@@ -3,6 +3,7 @@
 use std::arch::x86_64::*;
 
 use super::dispatch_tile;
+use crate::Weight;
 
 /// `yt[o][r] = Σ_k x[r][k] w[o][k]` for `x: [rows, d_in]`, `w: [outs, d_in]`, `yt: [outs, rows]`,
 /// in tiles of up to 4 rows × 4 outputs.
@@ -10,7 +11,7 @@ use super::dispatch_tile;
 /// # Safety
 /// The CPU must support AVX-512 F.
 #[target_feature(enable = "avx512f")]
-pub unsafe fn block(x: &[f32], w: &[f32], d_in: usize, rows: usize, yt: &mut [f32]) {
+pub unsafe fn block<W: Weight>(x: &[f32], w: &[W], d_in: usize, rows: usize, yt: &mut [f32]) {
     let outs = yt.len() / rows;
     assert!(x.len() == rows * d_in && w.len() == outs * d_in);
     for o0 in (0..outs).step_by(4) {
@@ -33,9 +34,9 @@ pub unsafe fn block(x: &[f32], w: &[f32], d_in: usize, rows: usize, yt: &mut [f3
 /// AVX-512 F; `x.len() >= R * d_in` and `w.len() >= O * d_in`.
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn tile<const R: usize, const O: usize>(
+unsafe fn tile<W: Weight, const R: usize, const O: usize>(
     x: &[f32],
-    w: &[f32],
+    w: &[W],
     d_in: usize,
     sums: &mut [[f32; O]; R],
 ) {
@@ -48,7 +49,7 @@ unsafe fn tile<const R: usize, const O: usize>(
         let mut wv = [_mm512_setzero_ps(); O];
         for (o, v) in wv.iter_mut().enumerate() {
             // SAFETY: k + 16 <= d_in, so row o's 16 values at k are inside `w`.
-            *v = unsafe { _mm512_loadu_ps(w.add(o * d_in + k)) };
+            *v = unsafe { W::load16(w.add(o * d_in + k)) };
         }
         for (r, acc) in acc.iter_mut().enumerate() {
             // SAFETY: as above, for row r of `x`.
@@ -60,15 +61,16 @@ unsafe fn tile<const R: usize, const O: usize>(
         k += 16;
     }
     if k < d_in {
-        let mask: __mmask16 = ((1u32 << (d_in - k)) - 1) as u16;
+        let n = d_in - k;
+        let mask: __mmask16 = ((1u32 << n) - 1) as u16;
         let mut wv = [_mm512_setzero_ps(); O];
         for (o, v) in wv.iter_mut().enumerate() {
-            // SAFETY: the mask covers only the d_in - k values left in the row; masked-off
-            // lanes are neither read nor faulted on.
-            *v = unsafe { _mm512_maskz_loadu_ps(mask, w.add(o * d_in + k)) };
+            // SAFETY: the n = d_in - k values left in row o are inside `w`.
+            *v = unsafe { W::load16_tail(w.add(o * d_in + k), n) };
         }
         for (r, acc) in acc.iter_mut().enumerate() {
-            // SAFETY: as above, for row r of `x`.
+            // SAFETY: the mask covers only the n values left in row r of `x`; masked-off lanes
+            // are neither read nor faulted on.
             let xv = unsafe { _mm512_maskz_loadu_ps(mask, x.add(r * d_in + k)) };
             for (a, wv) in acc.iter_mut().zip(&wv) {
                 *a = _mm512_fmadd_ps(xv, *wv, *a);

@@ -2,6 +2,7 @@
 
 pub mod avx2;
 pub mod avx512;
+mod loads;
 
 /// Calls `$tile::<R, O>(x, w, d_in, &mut sums)` for a run-time tile of `$nr` rows × `$no`
 /// outputs (each 1 to 4) and writes the sums into `yt` (`[outs, rows]`).
@@ -10,7 +11,7 @@ macro_rules! dispatch_tile {
         macro_rules! run {
             ($r:literal, $o:literal) => {{
                 let mut sums = [[0f32; $o]; $r];
-                $tile::<$r, $o>($x, $w, $d_in, &mut sums);
+                $tile::<_, $r, $o>($x, $w, $d_in, &mut sums);
                 for (r, row) in sums.iter().enumerate() {
                     for (o, &v) in row.iter().enumerate() {
                         $yt[($o0 + o) * $rows + $r0 + r] = v;

@@ -1,0 +1,56 @@
+//! The weight element types the kernels read: f32, and f16 and bf16 converted to f32 in
+//! registers (both conversions are exact).
+
+use half::{bf16, f16};
+
+/// An element type of the weight (and bias): `f32`, [`f16`] or [`bf16`]. Products are summed in
+/// f32 whatever the weight's type.
+pub trait Weight: Copy + Send + Sync + 'static + sealed::Loads {
+    /// Its value as f32 (exact).
+    fn to_f32(self) -> f32;
+}
+
+impl Weight for f32 {
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+impl Weight for f16 {
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+}
+
+impl Weight for bf16 {
+    fn to_f32(self) -> f32 {
+        bf16::to_f32(self)
+    }
+}
+
+pub(crate) mod sealed {
+    /// Vector loads that widen a weight type to f32 lanes, one set per instruction set. Sealed:
+    /// the kernels are written for exactly the types above.
+    pub trait Loads: Sized {
+        /// 16 values from `p` as f32 lanes.
+        ///
+        /// # Safety
+        /// AVX-512 F; `p` points at 16 readable values.
+        #[cfg(target_arch = "x86_64")]
+        unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512;
+
+        /// The `n < 16` values at `p` as f32 lanes, the other lanes zero.
+        ///
+        /// # Safety
+        /// AVX-512 F; `p` points at `n` readable values.
+        #[cfg(target_arch = "x86_64")]
+        unsafe fn load16_tail(p: *const Self, n: usize) -> std::arch::x86_64::__m512;
+
+        /// 8 values from `p` as f32 lanes.
+        ///
+        /// # Safety
+        /// AVX2, FMA and F16C; `p` points at 8 readable values.
+        #[cfg(target_arch = "x86_64")]
+        unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+    }
+}
