@@ -3,8 +3,8 @@
 
 use half::{bf16, f16};
 
-/// An element type of the weight (and bias): `f32`, [`f16`] or [`bf16`]. Products are summed in
-/// f32 whatever the weight's type.
+/// An element type of the weight (and bias): `f32`, [`f16`](struct@crate::f16) or [`bf16`].
+/// Products are summed in f32 whatever the weight's type.
 pub trait Weight: Copy + Send + Sync + 'static + sealed::Loads {
     /// Its value as f32 (exact).
     fn to_f32(self) -> f32;
