@@ -30,6 +30,11 @@ pub struct ServeArgs {
     /// Largest request body in bytes; larger ones are answered 413.
     #[arg(long, default_value_t = 20 << 20)]
     max_body_bytes: usize,
+    /// Fetch http(s) `image_url`s in chat messages (refused by default: a server that fetches
+    /// what clients name can be pointed inside its network). Size and time limits are those of
+    /// a request body.
+    #[arg(long)]
+    allow_remote_images: bool,
     /// Require `Authorization: Bearer <KEY>` on /v1/* (also read from BLIP2_API_KEY).
     #[arg(long, env = "BLIP2_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
@@ -49,6 +54,11 @@ pub fn run(model: &ModelArgs, args: &ServeArgs) -> Result<(), AnyError> {
     if args.max_batch_size == 0 || args.queue == 0 {
         return Err("--max-batch-size and --queue must be at least 1".into());
     }
+    if args.allow_remote_images && !cfg!(feature = "remote-images") {
+        return Err(
+            "--allow-remote-images: this blip2 was built without the remote-images feature".into(),
+        );
+    }
     let device = device(model)?;
     let mut config = ServeConfig::new(model.model.clone());
     config.addr = SocketAddr::new(args.host, args.port);
@@ -56,6 +66,7 @@ pub fn run(model: &ModelArgs, args: &ServeArgs) -> Result<(), AnyError> {
     config.max_wait = Duration::from_millis(args.max_wait_ms);
     config.queue = args.queue;
     config.max_body_bytes = args.max_body_bytes;
+    config.allow_remote_images = args.allow_remote_images;
     config.api_key = args.api_key.clone();
     config.body_timeout = Duration::from_secs(args.body_timeout_s);
     config.shutdown_timeout = Duration::from_secs(args.shutdown_timeout_s);

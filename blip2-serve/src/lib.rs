@@ -11,12 +11,18 @@
 //! `POST /v1/caption`, and for a retrieval checkpoint `POST /v1/match` and `POST /v1/embeddings`;
 //! `GET /health`, `GET /ready` (503 until the model has loaded and answered one probe) and
 //! `GET /metrics` (Prometheus). See `docs/serving.md`.
+//!
+//! Chat messages name their image as a `data:` URL. An http(s) URL is fetched only when
+//! [`ServeConfig::allow_remote_images`] is set and the crate is built with its `remote-images`
+//! feature (an HTTP client; off by default), within the body size and time limits.
 
 #![warn(missing_docs)]
 
 mod api;
 mod error;
 mod metrics;
+#[cfg(feature = "remote-images")]
+mod remote;
 mod routes;
 mod scheduler;
 
@@ -54,6 +60,10 @@ pub struct ServeConfig {
     pub max_body_bytes: usize,
     /// Longest time a client may take to send its body; slower ones get 408.
     pub body_timeout: Duration,
+    /// Whether chat messages may name an http(s) `image_url`, which the server then fetches
+    /// (within `max_body_bytes` and `body_timeout`). Off by default; needs the `remote-images`
+    /// feature (without it such requests get 501).
+    pub allow_remote_images: bool,
     /// When set, `/v1/*` needs `Authorization: Bearer <key>`.
     pub api_key: Option<String>,
     /// Limits on decoded images.
@@ -77,6 +87,7 @@ impl ServeConfig {
             queue: 64,
             max_body_bytes: 20 << 20,
             body_timeout: Duration::from_secs(30),
+            allow_remote_images: false,
             api_key: None,
             image_limits: ImageLimits {
                 max_pixels: 40_000_000,

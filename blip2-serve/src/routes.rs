@@ -203,19 +203,47 @@ impl AppState {
             .map_err(ApiError::from)
     }
 
-    /// The image a chat message points to: a `data:` URL (remote URLs are refused: a server
-    /// that fetches what clients name can be made to reach inside its network).
+    /// The image a chat message points to: a `data:` URL, or an http(s) one when the server
+    /// allows remote images (refused by default: a server that fetches what clients name can be
+    /// made to reach inside its network).
     async fn image_from_url(&self, url: &str) -> Result<DynamicImage, ApiError> {
         if api::is_remote(url) {
-            return Err(ApiError::bad_request(
-                "remote image URLs are not fetched; send the image as a data: URL \
-                 (data:image/png;base64,...)",
-            ));
+            if !self.config.allow_remote_images {
+                return Err(ApiError::bad_request(
+                    "remote image URLs are not fetched; send the image as a data: URL \
+                     (data:image/png;base64,...), or start the server with \
+                     --allow-remote-images",
+                ));
+            }
+            let bytes = self.fetch_remote(url).await?;
+            return self.decode(bytes).await;
         }
         if !url.starts_with("data:") {
             return Err(ApiError::bad_request("image_url must be a data: URL"));
         }
         self.decode(api::decode_base64_image(url)?).await
+    }
+
+    /// Downloads a remote image, within the body size and time limits of an upload.
+    #[cfg(feature = "remote-images")]
+    async fn fetch_remote(&self, url: &str) -> Result<Vec<u8>, ApiError> {
+        let (url, max, timeout) = (
+            url.to_owned(),
+            self.config.max_body_bytes,
+            self.config.body_timeout,
+        );
+        tokio::task::spawn_blocking(move || crate::remote::fetch(&url, max, timeout))
+            .await
+            .map_err(|e| ApiError::internal(format!("fetching the image: {e}")))?
+    }
+
+    /// Without the `remote-images` feature there is no HTTP client to fetch with.
+    #[cfg(not(feature = "remote-images"))]
+    async fn fetch_remote(&self, _url: &str) -> Result<Vec<u8>, ApiError> {
+        Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "this server was built without the remote-images feature",
+        ))
     }
 
     /// Queues one generation and waits for all its sequences.

@@ -667,3 +667,136 @@ fn a_full_queue_answers_429_and_the_server_stays_healthy() {
     );
     server.stop().unwrap();
 }
+
+/// A plain HTTP server on loopback for the remote-image test: `/image.png` (a fixture),
+/// `/moved` (a redirect to it), `/large` (more bytes than the limit), anything else 404. Serves
+/// until the test's process ends.
+#[cfg(feature = "remote-images")]
+fn image_host(image: &str, large: usize) -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let png = std::fs::read(image_path(image)).unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            let path = line.split_whitespace().nth(1).unwrap_or("").to_owned();
+            // The rest of the head.
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {}
+            let (status, extra, body) = match path.as_str() {
+                "/image.png" => (
+                    "200 OK",
+                    "Content-Type: image/png\r\n".to_owned(),
+                    png.clone(),
+                ),
+                "/moved" => (
+                    "302 Found",
+                    format!("Location: http://{addr}/image.png\r\n"),
+                    Vec::new(),
+                ),
+                "/large" => ("200 OK", String::new(), vec![0u8; large]),
+                _ => ("404 Not Found", String::new(), b"no such image".to_vec()),
+            };
+            let head = format!(
+                "HTTP/1.1 {status}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(&body);
+        }
+    });
+    addr
+}
+
+/// With `allow_remote_images`, an http `image_url` is fetched (redirects followed) and answered
+/// as the same image sent inline; a missing image is a 400 and one past the body limit a 413.
+#[cfg(feature = "remote-images")]
+#[test]
+fn remote_images_are_fetched_when_allowed() {
+    let mut config = config();
+    config.allow_remote_images = true;
+    config.max_body_bytes = 64 << 10;
+    let host = image_host(IMAGES[0], 100 << 10);
+    let server = start(config, "tiny-opt");
+    let addr = server.addr();
+    let want = library_text(&library_model(), IMAGES[0], "");
+    let remote = |path: &str| {
+        let mut body = chat(IMAGES[0], "");
+        body["messages"][0]["content"][0]["image_url"]["url"] =
+            json!(format!("http://{host}{path}"));
+        post_json(addr, "/v1/chat/completions", &body)
+    };
+    for path in ["/image.png", "/moved"] {
+        let (status, response) = remote(path);
+        assert_eq!(status, 200, "{path}: {response}");
+        assert_eq!(answer(&response), want, "{path}");
+    }
+    let (status, response) = remote("/missing.png");
+    assert_eq!(status, 400, "{response}");
+    assert!(response.to_string().contains("404"), "{response}");
+    let (status, response) = remote("/large");
+    assert_eq!(status, 413, "{response}");
+    server.stop().unwrap();
+}
+
+/// The server's count of generated tokens (`blip2_generated_tokens_total`).
+fn generated_tokens(addr: SocketAddr) -> u64 {
+    let (_, metrics) = get(addr, "/metrics");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("blip2_generated_tokens_total "))
+        .unwrap_or_else(|| panic!("no token count in {metrics}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// A client that goes away in the middle of a stream stops its generation: of the 20000 tokens
+/// it asked for (EOS suppressed) far fewer are generated, the model thread is free again within
+/// the next request's read timeout, and the server keeps serving.
+#[test]
+fn a_client_that_disconnects_mid_stream_stops_its_generation() {
+    const ASKED: u64 = 20_000;
+    let mut c = config();
+    c.limits.max_new_tokens = ASKED as usize;
+    // T5's relative positions have no length limit.
+    let server = start(c, "tiny-t5");
+    let addr = server.addr();
+    let before = generated_tokens(addr);
+    let mut body = chat(IMAGES[0], "");
+    body["stream"] = json!(true);
+    body["max_tokens"] = json!(ASKED);
+    body["min_tokens"] = json!(ASKED);
+    let body = body.to_string();
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    write!(
+        stream,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    // Read until the first piece of content has arrived, then hang up.
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    while !line.contains(r#""content":""#) || line.contains(r#""content":"""#) {
+        line.clear();
+        assert!(reader.read_line(&mut line).unwrap() > 0, "the stream ended");
+    }
+    drop(reader);
+    // Queued behind the stream on the one model thread: answered once it has stopped.
+    let (status, response) = post_json(addr, "/v1/chat/completions", &chat(IMAGES[0], ""));
+    assert_eq!(status, 200, "{response}");
+    let caption = response["usage"]["completion_tokens"].as_u64().unwrap();
+    let streamed = generated_tokens(addr) - before - caption;
+    assert!(
+        streamed < ASKED / 4,
+        "{streamed} of {ASKED} tokens generated after the client left"
+    );
+    println!("the stream stopped after {streamed} of {ASKED} tokens");
+    server.stop().unwrap();
+}
