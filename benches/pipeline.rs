@@ -99,40 +99,6 @@ fn warm_page_cache(dir: &str) -> std::io::Result<()> {
     Ok(())
 }
 
-/// This machine's memory read bandwidth, GB/s: every core sums its part of a 1 GiB buffer (best
-/// of 5). Decoding reads every language-model weight once per token, so weight bytes divided by
-/// this is the floor of the time per token.
-fn read_bandwidth_gb_s() -> f64 {
-    let data = vec![1.0f32; 1 << 28];
-    let threads = std::thread::available_parallelism().map_or(1, usize::from);
-    let chunk = data.len().div_ceil(threads);
-    let mut best = f64::INFINITY;
-    for _ in 0..5 {
-        let start = Instant::now();
-        let total: f32 = std::thread::scope(|scope| {
-            let parts: Vec<_> = data
-                .chunks(chunk)
-                .map(|part| {
-                    scope.spawn(move || {
-                        // Eight independent sums, so the loop is bound by loads, not by adds.
-                        let mut acc = [0f32; 8];
-                        for block in part.chunks_exact(8) {
-                            for (a, v) in acc.iter_mut().zip(block) {
-                                *a += v;
-                            }
-                        }
-                        acc.iter().sum::<f32>()
-                    })
-                })
-                .collect();
-            parts.into_iter().map(|p| p.join().unwrap_or(0.0)).sum()
-        });
-        best = best.min(start.elapsed().as_secs_f64());
-        std::hint::black_box(total);
-    }
-    (data.len() * 4) as f64 / best / 1e9
-}
-
 fn run(args: &Args) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
     warm_page_cache(&args.model)?;
     let device = match &args.backend {
@@ -210,7 +176,9 @@ fn run(args: &Args) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
         "decode_s_per_token": decode_s_per_token,
         "batch": batch,
         "peak_rss_gib": peak_rss_gib(),
-        "read_bandwidth_gb_s": read_bandwidth_gb_s(),
+        // Decoding reads every language-model weight once per token: weight bytes divided
+        // by this is the floor of the time per token.
+        "read_bandwidth_gb_s": blip2_kernels::read_bandwidth_gb_s(5),
     }))
 }
 

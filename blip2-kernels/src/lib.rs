@@ -28,6 +28,40 @@ use std::sync::OnceLock;
 /// Most input rows the kernels are meant for; beyond it a blocked GEMM (burn's) is faster.
 pub const MAX_ROWS: usize = 16;
 
+/// This machine's streaming read bandwidth in GB/s, the figure the kernels are bound by: every
+/// thread sums its share of a 1 GiB buffer, best of `passes`. For benchmarks (it allocates and
+/// reads 1 GiB); nothing in the kernels calls it.
+pub fn read_bandwidth_gb_s(passes: usize) -> f64 {
+    let data = vec![1.0f32; 1 << 28];
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let chunk = data.len().div_ceil(threads);
+    let mut best = f64::INFINITY;
+    for _ in 0..passes.max(1) {
+        let start = std::time::Instant::now();
+        let total: f32 = std::thread::scope(|scope| {
+            let parts: Vec<_> = data
+                .chunks(chunk)
+                .map(|part| {
+                    scope.spawn(move || {
+                        // Sixteen independent sums, so the loop is bound by loads, not by adds.
+                        let mut acc = [0f32; 16];
+                        for block in part.chunks_exact(16) {
+                            for (a, v) in acc.iter_mut().zip(block) {
+                                *a += v;
+                            }
+                        }
+                        acc.iter().sum::<f32>()
+                    })
+                })
+                .collect();
+            parts.into_iter().map(|p| p.join().unwrap_or(0.0)).sum()
+        });
+        best = best.min(start.elapsed().as_secs_f64());
+        std::hint::black_box(total);
+    }
+    (data.len() * 4) as f64 / best / 1e9
+}
+
 /// An instruction-set level.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {
