@@ -88,13 +88,13 @@ fn half<H: Half>(
     let out = w.len() / d_in;
     let mut y = vec![0f32; x.len() / d_in * out];
     blip2_kernels::linear(&x, w, None, d_in, &mut y);
-    let rounded = y.into_iter().map(|v| H::round(v).to_f32());
     Some(match b {
-        Some(b) => rounded
+        Some(b) => y
+            .into_iter()
             .zip(b.iter().cycle())
-            .map(|(v, b)| H::round(v + b.to_f32()))
+            .map(|(v, b)| H::round(H::round(v).to_f32() + b.to_f32()))
             .collect(),
-        None => rounded.map(H::round).collect(),
+        None => y.into_iter().map(H::round).collect(),
     })
 }
 
