@@ -2,6 +2,7 @@
 //! `allow_remote_images` (feature `remote-images`). Off by default: a server that fetches what its
 //! clients name can be pointed at addresses inside its own network.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use axum::http::StatusCode;
@@ -15,11 +16,14 @@ const MAX_REDIRECTS: u32 = 3;
 /// redirects and body together), a 2xx status (400 otherwise). Blocking: call it off the async
 /// threads.
 pub fn fetch(url: &str, max_bytes: usize, timeout: Duration) -> Result<Vec<u8>, ApiError> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(timeout))
-        .max_redirects(MAX_REDIRECTS)
-        .build()
-        .into();
+    // One agent for the process, so connections to a host are pooled across requests.
+    static AGENT: OnceLock<ureq::Agent> = OnceLock::new();
+    let agent = AGENT.get_or_init(|| {
+        ureq::Agent::config_builder()
+            .max_redirects(MAX_REDIRECTS)
+            .build()
+            .into()
+    });
     let failed = |e: ureq::Error| match e {
         ureq::Error::BodyExceedsLimit(limit) => ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -27,7 +31,13 @@ pub fn fetch(url: &str, max_bytes: usize, timeout: Duration) -> Result<Vec<u8>, 
         ),
         other => ApiError::bad_request(format!("fetching the image at {url}: {other}")),
     };
-    let mut response = agent.get(url).call().map_err(failed)?;
+    let mut response = agent
+        .get(url)
+        .config()
+        .timeout_global(Some(timeout))
+        .build()
+        .call()
+        .map_err(failed)?;
     response
         .body_mut()
         .with_config()
