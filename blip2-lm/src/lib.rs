@@ -5,6 +5,7 @@
 #![warn(missing_docs)]
 
 pub mod cache;
+pub mod decoder;
 pub mod generation;
 pub mod opt;
 pub mod t5;

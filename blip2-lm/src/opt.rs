@@ -1,13 +1,14 @@
 //! OPT (transformers' `OPTForCausalLM`): a decoder-only transformer with learned positions.
 
 use blip2_core::config::{Activation, OptConfig};
-use blip2_core::error::{Error, Result};
+use blip2_core::error::Result;
 use blip2_core::nn::Dense;
 use blip2_core::{nn, Weights};
 use burn::module::{Module, Param};
-use burn::tensor::{s, Bool, DType, Device, Tensor, TensorData};
+use burn::tensor::{s, Bool, DType, Device, Tensor};
 
 use crate::cache::KvCache;
+use crate::decoder::{DecoderState, Prefill};
 use crate::LanguageModel;
 
 /// `OPTAttention`: q (scaled by `head_dim^-0.5`), k, v and out projections with biases.
@@ -128,12 +129,7 @@ pub struct OptForCausalLM {
 
 /// Decoding state of a batch of OPT rows: the KV cache, which cached positions are padding, and
 /// the next position id of each row.
-#[derive(Debug, Clone)]
-pub struct OptState {
-    cache: KvCache,
-    padding: Vec<Vec<bool>>,
-    next_position: Vec<i64>,
-}
+pub type OptState = DecoderState;
 
 impl OptForCausalLM {
     /// Loads `language_model.*` from `w` (the view of `language_model`).
@@ -251,93 +247,41 @@ impl LanguageModel for OptForCausalLM {
         max_new_tokens: usize,
     ) -> Result<(OptState, Tensor<2>)> {
         let (rows, len) = crate::check_prompt(&embeds, attention_mask)?;
-        let capacity = len + max_new_tokens;
-        // transformers: positions = cumsum(mask) * mask - 1, so padding takes no position.
-        let mut positions = Vec::with_capacity(rows * len);
-        let mut next_position = Vec::with_capacity(rows);
-        for row in attention_mask {
-            let mut count = 0i64;
-            for &keep in row {
-                count += keep as i64;
-                positions.push(if keep { count - 1 } else { -1 });
-            }
-            next_position.push(count);
-        }
-        let needed = next_position.iter().max().copied().unwrap_or(0) as usize + max_new_tokens;
-        if needed > self.max_positions {
-            return Err(Error::InvalidInput(format!(
-                "prompt and generation need {needed} positions, the model has {}",
-                self.max_positions
-            )));
-        }
-        let padding: Vec<Vec<bool>> = attention_mask
-            .iter()
-            .map(|r| r.iter().map(|k| !k).collect())
-            .collect();
-        // Causal, and padding keys ignored; every position still sees itself, so that a padding
-        // query never has all keys masked (its output is never read).
-        let mut mask = Vec::with_capacity(rows * len * len);
-        for pad in &padding {
-            for i in 0..len {
-                mask.extend((0..len).map(|j| j > i || (pad[j] && j != i)));
-            }
-        }
         let device = self.device();
-        let mask =
-            Tensor::<4, Bool>::from_data(TensorData::new(mask, [rows, 1, len, len]), &device);
         let head_dim = self.embed_positions.dims()[1] / self.num_heads;
-        let mut cache = KvCache::new(
+        let cache = KvCache::new(
             self.layers.len(),
             rows,
             self.num_heads,
-            capacity,
+            len + max_new_tokens,
             head_dim,
             (&device, self.embed_tokens.dtype()),
         );
-        let logits = self.run(embeds, positions, mask, &mut cache);
-        Ok((
-            OptState {
-                cache,
-                padding,
-                next_position,
-            },
-            logits,
-        ))
+        // transformers: positions = cumsum(mask) * mask - 1, so padding is at -1.
+        let Prefill {
+            mut state,
+            positions,
+            mask,
+        } = DecoderState::prefill(
+            attention_mask,
+            max_new_tokens,
+            self.max_positions,
+            -1,
+            cache,
+            &device,
+        )?;
+        let logits = self.run(embeds, positions, mask, &mut state.cache);
+        Ok((state, logits))
     }
 
     fn step(&self, state: &mut OptState, tokens: &[u32]) -> Result<Tensor<2>> {
-        let rows = state.padding.len();
-        if tokens.len() != rows {
-            return Err(Error::InvalidInput(format!(
-                "{} tokens for {rows} rows",
-                tokens.len()
-            )));
-        }
-        if state.cache.len() >= state.cache.capacity() {
-            return Err(Error::InvalidInput("the KV cache is full".to_owned()));
-        }
+        let device = self.device();
         let embeds = self.embed_tokens(&tokens.iter().map(|&t| vec![t]).collect::<Vec<_>>())?;
-        for pad in &mut state.padding {
-            pad.push(false);
-        }
-        let keys = state.cache.len() + 1;
-        let mask: Vec<bool> = state
-            .padding
-            .iter()
-            .flat_map(|p| p.iter().copied())
-            .collect();
-        let mask =
-            Tensor::<4, Bool>::from_data(TensorData::new(mask, [rows, 1, 1, keys]), &self.device());
-        let positions = state.next_position.clone();
-        for p in &mut state.next_position {
-            *p += 1;
-        }
+        let (positions, mask) = state.step(tokens.len(), &device)?;
         Ok(self.run(embeds, positions, mask, &mut state.cache))
     }
 
     fn reorder(&self, state: &mut OptState, rows: &[usize]) {
-        state.cache.select_rows(rows);
-        state.padding = rows.iter().map(|&r| state.padding[r].clone()).collect();
-        state.next_position = rows.iter().map(|&r| state.next_position[r]).collect();
+        state.reorder(rows);
     }
 }
