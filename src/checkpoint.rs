@@ -119,6 +119,16 @@ impl Checkpoint {
                 eos_token_ids: t.eos_token_ids(),
                 feed_forward: Some(t.feed_forward_proj.clone()),
             }),
+            (TextConfig::Llama(t), false) => Some(LanguageInfo {
+                model: LanguageKind::Llama,
+                hidden_size: t.hidden_size,
+                layers: t.num_hidden_layers,
+                decoder_layers: None,
+                heads: t.num_attention_heads,
+                vocab_size: t.vocab_size,
+                eos_token_ids: t.eos_token_ids(),
+                feed_forward: None,
+            }),
         };
         let (tokenizer_vocab, tokenizer_error) = match self.dir.tokenizer() {
             Ok(t) => (Some(t.get_vocab_size(true)), None),
@@ -229,6 +239,8 @@ pub enum LanguageKind {
     Opt,
     /// Flan-T5.
     T5,
+    /// LLaMA / Vicuna.
+    Llama,
 }
 
 /// The vision encoder's sizes.
@@ -363,6 +375,11 @@ impl fmt::Display for CheckpointSummary {
                 l.heads,
                 l.vocab_size,
                 l.feed_forward.as_deref().unwrap_or_default()
+            )?,
+            Some(l) if l.model == LanguageKind::Llama => writeln!(
+                f,
+                "language     LLaMA {} wide, {} layers, {} heads, vocabulary {}, eos {:?}",
+                l.hidden_size, l.layers, l.heads, l.vocab_size, l.eos_token_ids
             )?,
             Some(l) => writeln!(
                 f,

@@ -1,12 +1,13 @@
 //! Image → embeddings: the vision encoder, the Q-Former and the language projection, wired.
 
+use blip2_core::config::ModelFamily;
 use blip2_core::image::PixelValues;
 use blip2_core::nn;
 use blip2_core::nn::Dense;
 use blip2_core::{Blip2Config, Error, Result, WeightDType, Weights};
 use blip2_qformer::Blip2QFormerModel;
 use blip2_vision::Blip2VisionModel;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{s, Device, Tensor};
 
 use crate::Checkpoint;
 
@@ -33,16 +34,27 @@ pub struct ImageEncoder {
 
 /// The encoded form of a batch of images, computed once and reusable: ask many questions of an
 /// image without encoding it again.
+///
+/// For BLIP-2 this is the Q-Former's output and its projection. InstructBLIP's Q-Former reads the
+/// instruction too, so for it only the vision encoder's output is kept here, and the Q-Former
+/// runs once per prompt ([`ImageEncoder::instruct`]).
 #[derive(Debug, Clone)]
 pub struct ImageEmbeddings {
-    query_output: Tensor<3>,
+    /// BLIP-2's queries (`None` for InstructBLIP).
+    query_output: Option<Tensor<3>>,
+    /// Their projection (`None` for retrieval checkpoints and InstructBLIP).
     projected: Option<Tensor<3>>,
+    /// InstructBLIP's vision output (`None` for BLIP-2).
+    vision: Option<Tensor<3>>,
 }
 
 impl ImageEmbeddings {
     /// Number of images.
     pub fn len(&self) -> usize {
-        self.query_output.dims()[0]
+        self.query_output
+            .as_ref()
+            .or(self.vision.as_ref())
+            .map_or(0, |t| t.dims()[0])
     }
 
     /// Whether there are no images (never true for embeddings made by [`ImageEncoder`]).
@@ -51,15 +63,22 @@ impl ImageEmbeddings {
     }
 
     /// The Q-Former's output, `[images, queries, qformer_hidden]`: the image features that the
-    /// retrieval heads project.
-    pub fn query_output(&self) -> &Tensor<3> {
-        &self.query_output
+    /// retrieval heads project. `None` for InstructBLIP, whose queries depend on the prompt.
+    pub fn query_output(&self) -> Option<&Tensor<3>> {
+        self.query_output.as_ref()
     }
 
     /// The queries projected into the language model, `[images, queries, lm_hidden]`: what the
-    /// language model reads in place of the `<image>` tokens. `None` for retrieval checkpoints.
+    /// language model reads in place of the `<image>` tokens. `None` for retrieval checkpoints,
+    /// and for InstructBLIP (see [`ImageEncoder::instruct`]).
     pub fn projected(&self) -> Option<&Tensor<3>> {
         self.projected.as_ref()
+    }
+
+    /// The vision encoder's output, `[images, tokens, vision_hidden]`, when these embeddings
+    /// keep it (InstructBLIP's).
+    pub fn vision_states(&self) -> Option<&Tensor<3>> {
+        self.vision.as_ref()
     }
 }
 
@@ -75,18 +94,28 @@ impl ImageEncoder {
     /// Builds the encoder for `config` from any weight source (for instance
     /// [`blip2_core::RandomWeights`], to run the real architecture without files).
     ///
-    /// The vision model and the projection run in `weights`' dtype. The Q-Former and its query
-    /// tokens stay in f32 when that dtype is f16, as transformers keeps them
-    /// (`_keep_in_fp32_modules`); in bf16 everything is bf16, as there.
+    /// The vision model and the projection run in `weights`' dtype. BLIP-2's Q-Former and its
+    /// query tokens stay in f32 when that dtype is f16, as transformers keeps them
+    /// (`_keep_in_fp32_modules`); in bf16 everything is bf16, as there. InstructBLIP's Q-Former
+    /// runs in `weights`' dtype (transformers keeps only its query tokens in f32, and rounds them
+    /// to the Q-Former's precision before use).
     pub fn from_weights(config: &Blip2Config, weights: &Weights, device: &Device) -> Result<Self> {
         let vision =
             Blip2VisionModel::load(&weights.pp("vision_model"), &config.vision_config, device)?;
-        let qformer = Blip2QFormerModel::load(
-            &weights.with_dtype(qformer_dtype(weights.dtype())),
-            &config.qformer_config,
-            config.num_query_tokens,
-            device,
-        )?;
+        let qformer = match config.family {
+            ModelFamily::InstructBlip => Blip2QFormerModel::load_instructblip(
+                weights,
+                &config.qformer_config,
+                config.num_query_tokens,
+                device,
+            )?,
+            _ => Blip2QFormerModel::load(
+                &weights.with_dtype(qformer_dtype(weights.dtype())),
+                &config.qformer_config,
+                config.num_query_tokens,
+                device,
+            )?,
+        };
         let projection = weights.pp("language_projection");
         let language_projection = if projection.contains("weight") {
             Some(nn::linear(
@@ -146,11 +175,49 @@ impl ImageEncoder {
             return Err(Error::InvalidInput("a batch of zero images".to_owned()));
         }
         let vision = self.vision.forward(self.pixel_tensor(pixels))?;
+        if self.qformer.is_instructed() {
+            return Ok(ImageEmbeddings {
+                query_output: None,
+                projected: None,
+                vision: Some(vision.last_hidden_state),
+            });
+        }
         let query_output = self.qformer.forward_queries(vision.last_hidden_state)?;
         let projected = self.project(query_output.clone());
         Ok(ImageEmbeddings {
-            query_output,
+            query_output: Some(query_output),
             projected,
+            vision: None,
         })
+    }
+
+    /// InstructBLIP: the Q-Former reads each image of `embeddings` with its instruction (`ids`,
+    /// the Q-Former tokenizer's rows, right-padded; `padding` true at padding) → the queries'
+    /// output `[images, queries, qformer_hidden]` and their projection into the language model
+    /// `[images, queries, lm_hidden]`.
+    ///
+    /// Errors: a BLIP-2 encoder or BLIP-2 embeddings (no instruction to read), rows that do not
+    /// match the images, ids outside the Q-Former's vocabulary, instructions longer than its
+    /// positions.
+    pub fn instruct(
+        &self,
+        embeddings: &ImageEmbeddings,
+        ids: &[Vec<u32>],
+        padding: &[Vec<bool>],
+    ) -> Result<(Tensor<3>, Tensor<3>)> {
+        let states = embeddings.vision_states().ok_or_else(|| {
+            Error::InvalidInput(
+                "these embeddings hold no vision states (they are BLIP-2's)".to_owned(),
+            )
+        })?;
+        let all = self
+            .qformer
+            .forward_instructed(states.clone(), ids, padding)?;
+        let queries = self.qformer.num_query_tokens();
+        let query_output = all.slice(s![.., 0..queries, ..]);
+        let projected = self.project(query_output.clone()).ok_or_else(|| {
+            Error::Unsupported("this checkpoint has no language projection".to_owned())
+        })?;
+        Ok((query_output, projected))
     }
 }

@@ -51,7 +51,10 @@ pub use checkpoint::{
     LanguageInfo, LanguageKind, QFormerInfo, VisionInfo, WeightsInfo,
 };
 pub use encoder::{ImageEmbeddings, ImageEncoder};
-pub use model::{Blip2, Generation, TextModel, Timings, DEFAULT_QUESTION_TEMPLATE, NO_PROMPTS};
+pub use model::{
+    Blip2, Generation, InstructionRows, TextModel, Timings, DEFAULT_QUESTION_TEMPLATE,
+    INSTRUCTBLIP_CAPTION_PROMPT, INSTRUCTBLIP_QUESTION_TEMPLATE, NO_PROMPTS,
+};
 pub use retrieval::{Blip2Retrieval, RankedText, Scores, TokenizedTexts, ITM_PAIRS_PER_PASS};
 
 /// Lower-level generation pieces: the language-model trait, prompts, sequences.

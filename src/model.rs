@@ -1,13 +1,13 @@
 //! `Blip2`: a loaded captioning / question-answering model.
 
-use blip2_core::config::TextConfig;
+use blip2_core::config::{ModelFamily, TextConfig};
 use blip2_core::image::{ImageProcessor, PixelValues};
 use blip2_core::{Error, Result, WeightDType, Weights};
 use blip2_hub::Tokenizer;
 use blip2_lm::generation::Prompt;
 use blip2_lm::{
-    generate, GeneratedSequence, GenerationConfig, LanguageModel, OptForCausalLM, StopReason,
-    T5ForConditionalGeneration, Timed,
+    generate, GeneratedSequence, GenerationConfig, LanguageModel, LlamaForCausalLM, OptForCausalLM,
+    StopReason, T5ForConditionalGeneration, Timed,
 };
 use burn::tensor::{Device, Tensor};
 use image::DynamicImage;
@@ -20,8 +20,17 @@ use crate::stream::TextStream;
 use crate::Blip2Builder;
 use crate::{as_strs, Checkpoint, ImageEmbeddings, ImageEncoder};
 
-/// The default question template of [`Blip2::ask`], as in the BLIP-2 paper and model cards.
+/// The default question template of [`Blip2::ask`] for BLIP-2, as in the BLIP-2 paper and model
+/// cards.
 pub const DEFAULT_QUESTION_TEMPLATE: &str = "Question: {} Answer:";
+
+/// The default question template of [`Blip2::ask`] for InstructBLIP: the question is the
+/// instruction, as in the InstructBLIP model cards.
+pub const INSTRUCTBLIP_QUESTION_TEMPLATE: &str = "{}";
+
+/// The instruction [`Blip2::caption`] gives InstructBLIP (BLIP-2 captions from no prompt at all):
+/// the captioning prompt of the InstructBLIP authors' evaluation (LAVIS).
+pub const INSTRUCTBLIP_CAPTION_PROMPT: &str = "A short image caption.";
 
 /// No prompts, for [`Blip2::generate`] and its relatives when captioning: the prompt
 /// arguments take any `&[impl AsRef<str>]` (`&[&str]`, `&[String]`, `&Vec<String>`), so a bare
@@ -35,12 +44,16 @@ pub struct Blip2 {
     encoder: ImageEncoder,
     language_model: TextModel,
     tokenizer: Tokenizer,
+    /// InstructBLIP's Q-Former tokenizer (BERT WordPiece), and the id it pads with.
+    qformer_tokenizer: Option<(Tokenizer, u32)>,
     processor: ImageProcessor,
     generation: GenerationConfig,
     image_token: Option<u32>,
     num_image_tokens: usize,
     bos_token: Option<u32>,
     pad_token: u32,
+    /// The id the processor pads prompt rows with (the tokenizer's `pad_token`).
+    text_pad_token: u32,
     question_template: String,
     dtype: WeightDType,
 }
@@ -51,8 +64,10 @@ impl fmt::Debug for Blip2 {
         let language_model = match &self.language_model {
             TextModel::Opt(_) => "OPT",
             TextModel::T5(_) => "T5",
+            TextModel::Llama(_) => "LLaMA",
         };
         f.debug_struct("Blip2")
+            .field("instructblip", &self.qformer_tokenizer.is_some())
             .field("language_model", &language_model)
             .field("dtype", &self.dtype)
             .field("device", self.encoder.device())
@@ -68,8 +83,11 @@ impl fmt::Debug for Blip2 {
 pub enum TextModel {
     /// OPT (`blip2-opt-2.7b`, `blip2-opt-6.7b`).
     Opt(Box<OptForCausalLM>),
-    /// Flan-T5 (`blip2-flan-t5-xl`, `blip2-flan-t5-xxl`).
+    /// Flan-T5 (`blip2-flan-t5-xl`, `blip2-flan-t5-xxl`, `instructblip-flan-t5-xl`,
+    /// `instructblip-flan-t5-xxl`).
     T5(Box<T5ForConditionalGeneration>),
+    /// LLaMA / Vicuna (`instructblip-vicuna-7b`, `instructblip-vicuna-13b`).
+    Llama(Box<LlamaForCausalLM>),
 }
 
 /// One generated text.
@@ -199,6 +217,16 @@ impl Blip2 {
                 c.pad_token_id,
                 c.bos_token_id,
             ),
+            TextConfig::Llama(c) => (
+                TextModel::Llama(Box::new(LlamaForCausalLM::load(
+                    &weights.pp("language_model"),
+                    c,
+                    device,
+                )?)),
+                c.eos_token_ids(),
+                c.pad_token_id,
+                c.bos_token_id,
+            ),
             TextConfig::T5(c) => (
                 // T5 overflows in f16 (transformers keeps its `wo` layers in f32 there); it
                 // always runs in f32 here.
@@ -221,20 +249,40 @@ impl Blip2 {
             match &language_model {
                 TextModel::Opt(lm) => blip2_lm::check_device(lm.as_ref())?,
                 TextModel::T5(lm) => blip2_lm::check_device(lm.as_ref())?,
+                TextModel::Llama(lm) => blip2_lm::check_device(lm.as_ref())?,
             }
         }
         checkpoint.warn_unread();
+        let tokenizer = dir.tokenizer()?;
+        let text_pad_token = dir
+            .pad_token()
+            .and_then(|t| tokenizer.token_to_id(t))
+            .unwrap_or(pad_token);
+        let instructblip = config.family == ModelFamily::InstructBlip;
+        let qformer_tokenizer = if instructblip {
+            let pad = config.qformer_config.pad_token_id.unwrap_or(0);
+            Some((dir.qformer_tokenizer()?, pad))
+        } else {
+            None
+        };
+        let question_template = if instructblip {
+            INSTRUCTBLIP_QUESTION_TEMPLATE
+        } else {
+            DEFAULT_QUESTION_TEMPLATE
+        };
         Ok(Blip2 {
             encoder,
             language_model,
-            tokenizer: dir.tokenizer()?,
+            tokenizer,
+            qformer_tokenizer,
             processor: ImageProcessor::new(dir.preprocessor().clone())?,
             generation,
             image_token: config.image_token_index,
             num_image_tokens: dir.num_image_tokens(),
             bos_token: dir.generation().bos_token_id.or(bos),
             pad_token,
-            question_template: DEFAULT_QUESTION_TEMPLATE.to_owned(),
+            text_pad_token,
+            question_template: question_template.to_owned(),
             dtype,
         })
     }
@@ -290,14 +338,25 @@ impl Blip2 {
         self.encoder.encode(pixels)
     }
 
-    /// A caption for one image, with the checkpoint's generation settings.
+    /// A caption for one image, with the checkpoint's generation settings: from no prompt for
+    /// BLIP-2, from [`INSTRUCTBLIP_CAPTION_PROMPT`] for InstructBLIP.
     pub fn caption(&self, image: &DynamicImage) -> Result<String> {
         let out = self.generate(std::slice::from_ref(image), NO_PROMPTS, &self.generation)?;
         Ok(first_text(out))
     }
 
-    /// The answer to `question` about one image (formatted with the question template,
-    /// `"Question: {} Answer:"` by default).
+    /// Whether this is an InstructBLIP model (its Q-Former reads the prompt too).
+    pub fn is_instructblip(&self) -> bool {
+        self.qformer_tokenizer.is_some()
+    }
+
+    /// InstructBLIP's Q-Former tokenizer; `None` for BLIP-2.
+    pub fn qformer_tokenizer(&self) -> Option<&Tokenizer> {
+        self.qformer_tokenizer.as_ref().map(|(t, _)| t)
+    }
+
+    /// The answer to `question` about one image (formatted with the question template:
+    /// `"Question: {} Answer:"` by default for BLIP-2, the question itself for InstructBLIP).
     pub fn ask(&self, image: &DynamicImage, question: &str) -> Result<String> {
         let prompt = self.question_prompt(question);
         let out = self.generate(
@@ -321,8 +380,9 @@ impl Blip2 {
         Ok(self.encoder.qformer().num_query_tokens() + self.prompt_row(prompt)?.len())
     }
 
-    /// Generates from raw prompts: `prompts` is empty (captioning), one prompt for every image,
-    /// or one per image. Returns `config.num_return_sequences` generations per image.
+    /// Generates from raw prompts: `prompts` is empty (captioning: no prompt for BLIP-2,
+    /// [`INSTRUCTBLIP_CAPTION_PROMPT`] for InstructBLIP), one prompt for every image, or one per
+    /// image. Returns `config.num_return_sequences` generations per image.
     pub fn generate(
         &self,
         images: &[DynamicImage],
@@ -436,6 +496,7 @@ impl Blip2 {
         let sequences = match &self.language_model {
             TextModel::Opt(lm) => generate_with(lm.as_ref(), prompt, config, on_step, timings)?,
             TextModel::T5(lm) => generate_with(lm.as_ref(), prompt, config, on_step, timings)?,
+            TextModel::Llama(lm) => generate_with(lm.as_ref(), prompt, config, on_step, timings)?,
         };
         sequences
             .into_iter()
@@ -443,13 +504,13 @@ impl Blip2 {
             .collect()
     }
 
-    /// One prompt's token ids, unpadded: BOS first for OPT, EOS last for T5.
+    /// One prompt's token ids, unpadded: BOS first for OPT and LLaMA, EOS last for T5.
     fn prompt_row(&self, text: &str) -> Result<Vec<u32>> {
         let encoding = self
             .tokenizer
             .encode(text, false)
             .map_err(|e| Error::Tokenization(format!("cannot tokenize {text:?}: {e}")))?;
-        let decoder_only = matches!(self.language_model, TextModel::Opt(_));
+        let decoder_only = !matches!(self.language_model, TextModel::T5(_));
         let mut ids: Vec<u32> = Vec::new();
         if decoder_only {
             ids.extend(self.bos_token);
@@ -483,7 +544,9 @@ impl Blip2 {
     ///   start with `decoder_start_token_id`.
     ///
     /// Then `num_query_tokens` image tokens are put before each row; their embeddings are the
-    /// projected queries.
+    /// projected queries. For InstructBLIP, the queries are computed here: each prompt is also
+    /// tokenized by the Q-Former's tokenizer (`[CLS] … [SEP]`, right-padded) and read by the
+    /// Q-Former with its image ([`Blip2::instruction_rows`]); LLaMA rows are laid out as OPT's.
     pub fn prompt(
         &self,
         embeddings: &ImageEmbeddings,
@@ -491,11 +554,13 @@ impl Blip2 {
     ) -> Result<Prompt> {
         let prompts = as_strs(prompts);
         let n = embeddings.len();
-        let projected = embeddings.projected().ok_or_else(|| {
-            Error::InvalidInput("these embeddings have no language projection".to_owned())
-        })?;
+        let caption = if self.is_instructblip() {
+            INSTRUCTBLIP_CAPTION_PROMPT
+        } else {
+            ""
+        };
         let texts: Vec<&str> = match prompts.len() {
-            0 => vec![""; n],
+            0 => vec![caption; n],
             1 => vec![prompts[0]; n],
             k if k == n => prompts,
             k => {
@@ -504,7 +569,20 @@ impl Blip2 {
                 )))
             }
         };
-        let decoder_only = matches!(self.language_model, TextModel::Opt(_));
+        let instructed;
+        let projected = if self.is_instructblip() {
+            let rows = self.instruction_rows(&texts)?;
+            instructed = self
+                .encoder
+                .instruct(embeddings, &rows.ids, &rows.padding())?
+                .1;
+            &instructed
+        } else {
+            embeddings.projected().ok_or_else(|| {
+                Error::InvalidInput("these embeddings have no language projection".to_owned())
+            })?
+        };
+        let decoder_only = !matches!(self.language_model, TextModel::T5(_));
         let rows = texts
             .iter()
             .map(|text| self.prompt_row(text))
@@ -518,7 +596,7 @@ impl Blip2 {
         let mut attention_mask = Vec::with_capacity(n);
         for row in rows {
             let (real, pad) = (row.len(), width - row.len());
-            let pads = std::iter::repeat_n(self.pad_token, pad);
+            let pads = std::iter::repeat_n(self.text_pad_token, pad);
             let mut mask = vec![true; queries];
             let padded: Vec<u32> = if decoder_only {
                 mask.extend((0..width).map(|i| i >= pad));
@@ -531,7 +609,7 @@ impl Blip2 {
             // input_ids to generate); for legacy checkpoints without image tokens only the text.
             // T5's processors see the decoder ids, starting with decoder_start_token_id.
             let seen = match &self.language_model {
-                TextModel::Opt(_) => {
+                TextModel::Opt(_) | TextModel::Llama(_) => {
                     let mut seen = if self.image_token.is_some() {
                         image_ids.clone()
                     } else {
@@ -551,6 +629,7 @@ impl Blip2 {
         let text_embeds = match &self.language_model {
             TextModel::Opt(lm) => lm.embed_tokens(&text_ids)?,
             TextModel::T5(lm) => lm.embed_tokens(&text_ids)?,
+            TextModel::Llama(lm) => lm.embed_tokens(&text_ids)?,
         };
         // The projection runs in the vision side's precision, the language model maybe in another.
         let projected = projected.clone().cast(text_embeds.dtype());
@@ -560,6 +639,62 @@ impl Blip2 {
             attention_mask,
             input_ids,
             processor_ids,
+        })
+    }
+}
+
+/// InstructBLIP's Q-Former input for a batch of prompts ([`Blip2::instruction_rows`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstructionRows {
+    /// Token ids of the Q-Former's tokenizer, one equal-length row per prompt.
+    pub ids: Vec<Vec<u32>>,
+    /// False at padding.
+    pub attention_mask: Vec<Vec<bool>>,
+}
+
+impl InstructionRows {
+    /// True at padding: the form the Q-Former takes.
+    pub fn padding(&self) -> Vec<Vec<bool>> {
+        self.attention_mask
+            .iter()
+            .map(|r| r.iter().map(|k| !k).collect())
+            .collect()
+    }
+}
+
+impl Blip2 {
+    /// InstructBLIP's Q-Former input for `prompts` (one per image), as `InstructBlipProcessor`
+    /// builds it: each tokenized by the Q-Former's tokenizer with its special tokens, rows
+    /// right-padded to the longest. Errors for BLIP-2, which has no Q-Former tokenizer.
+    pub fn instruction_rows(&self, prompts: &[impl AsRef<str>]) -> Result<InstructionRows> {
+        let (tokenizer, pad) = self.qformer_tokenizer.as_ref().ok_or_else(|| {
+            Error::Unsupported("BLIP-2's Q-Former reads no instruction".to_owned())
+        })?;
+        let rows = prompts
+            .iter()
+            .map(|p| {
+                let text = p.as_ref();
+                tokenizer
+                    .encode(text, true)
+                    .map(|e| e.get_ids().to_vec())
+                    .map_err(|e| Error::Tokenization(format!("cannot tokenize {text:?}: {e}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let width = rows.iter().map(Vec::len).max().unwrap_or(0);
+        let attention_mask = rows
+            .iter()
+            .map(|r| (0..width).map(|i| i < r.len()).collect())
+            .collect();
+        let ids = rows
+            .into_iter()
+            .map(|mut r| {
+                r.resize(width, *pad);
+                r
+            })
+            .collect();
+        Ok(InstructionRows {
+            ids,
+            attention_mask,
         })
     }
 }

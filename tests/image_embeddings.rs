@@ -86,7 +86,7 @@ fn check(name: &str) {
         ),
         (
             "qformer_last_hidden_state",
-            values(embeddings.query_output()),
+            values(embeddings.query_output().expect("BLIP-2 keeps the queries")),
         ),
     ];
     if let Some(projected) = embeddings.projected() {

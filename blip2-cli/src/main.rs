@@ -311,9 +311,10 @@ enum Command {
         /// A question (repeat for several; with several, text lines are IMAGE<TAB>QUESTION<TAB>ANSWER).
         #[arg(long = "question", required = true)]
         questions: Vec<String>,
-        /// How a question becomes the prompt: `{}` marks the question.
-        #[arg(long, default_value = blip2::DEFAULT_QUESTION_TEMPLATE)]
-        question_template: String,
+        /// How a question becomes the prompt: `{}` marks the question. Default: the model's,
+        /// "Question: {} Answer:" for BLIP-2, the question itself ("{}") for InstructBLIP.
+        #[arg(long)]
+        question_template: Option<String>,
     },
     /// Generate from raw prompts: one prompt for all images, or one per image in order.
     Generate {
@@ -465,7 +466,15 @@ fn run(mut cli: Cli) -> Result<(), AnyError> {
             question_template,
         } => {
             let job = Job::new(&model, &generation, &output, 1)?;
-            let prompts = fill_template(&question_template, &questions, "--question-template")?;
+            let template = match question_template {
+                Some(t) => t,
+                None => {
+                    // A missing image is reported before the checkpoint is opened.
+                    check_images(std::slice::from_ref(&image))?;
+                    default_question_template(&model)?
+                }
+            };
+            let prompts = fill_template(&template, &questions, "--question-template")?;
             if let [prompt] = prompts.as_slice() {
                 return job.generate(&[image], std::slice::from_ref(prompt), 1);
             }
@@ -630,6 +639,17 @@ fn load<M>(model: &ModelArgs, build: fn(Builder<M>) -> blip2::Result<M>) -> Resu
 
 fn load_blip2(model: &ModelArgs) -> Result<Blip2, AnyError> {
     load(model, Builder::<Blip2>::build)
+}
+
+/// The question template of the checkpoint's family, read from its config.json (nothing is
+/// loaded).
+fn default_question_template(model: &ModelArgs) -> Result<String, AnyError> {
+    let checkpoint = blip2::Checkpoint::open(&model.model, model.revision.as_deref())?;
+    Ok(match checkpoint.dir().config().family {
+        blip2::config::ModelFamily::InstructBlip => blip2::INSTRUCTBLIP_QUESTION_TEMPLATE,
+        _ => blip2::DEFAULT_QUESTION_TEMPLATE,
+    }
+    .to_owned())
 }
 
 fn load_retrieval(model: &ModelArgs) -> Result<Blip2Retrieval, AnyError> {

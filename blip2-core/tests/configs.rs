@@ -214,21 +214,45 @@ fn bad_configs_are_typed_errors() {
         err(r#"{"vision_config": {"hidden_size": "wide"}}"#),
         Error::Json { .. }
     ));
-    match err(r#"{"model_type": "instructblip"}"#) {
+    match err(r#"{"model_type": "llava"}"#) {
         Error::UnsupportedModelType { field, found, .. } => {
-            assert_eq!(
-                (field.as_str(), found.as_str()),
-                ("model_type", "instructblip")
-            )
+            assert_eq!((field.as_str(), found.as_str()), ("model_type", "llava"))
         }
         e => panic!("{e}"),
     }
-    match err(r#"{"text_config": {"model_type": "llama"}}"#) {
+    match err(r#"{"text_config": {"model_type": "gpt2"}}"#) {
         Error::UnsupportedModelType { field, found, .. } => {
             assert_eq!(field, "text_config.model_type");
-            assert_eq!(found, "llama");
+            assert_eq!(found, "gpt2");
         }
         e => panic!("{e}"),
+    }
+    for (text_config, bad_field) in [
+        (
+            r#"{"model_type": "llama", "rope_parameters": {"rope_type": "yarn"}}"#,
+            "text_config.rope_parameters.rope_type",
+        ),
+        (
+            r#"{"model_type": "llama", "rope_scaling": {"type": "linear", "factor": 2.0}}"#,
+            "text_config.rope_scaling",
+        ),
+        (
+            r#"{"model_type": "llama", "hidden_size": 96, "num_attention_heads": 4, "head_dim": 7}"#,
+            "text_config.head_dim",
+        ),
+        (
+            r#"{"model_type": "llama", "num_attention_heads": 32, "num_key_value_heads": 5}"#,
+            "text_config.num_key_value_heads",
+        ),
+        (
+            r#"{"model_type": "llama", "rope_theta": 0.5}"#,
+            "text_config.rope_theta",
+        ),
+    ] {
+        match err(&format!(r#"{{"text_config": {text_config}}}"#)) {
+            Error::InvalidConfig { field, .. } => assert_eq!(field, bad_field, "{text_config}"),
+            e => panic!("{text_config}: {e}"),
+        }
     }
     match err(r#"{"vision_config": {"hidden_size": 1000000000}}"#) {
         Error::InvalidConfig { field, .. } => assert_eq!(field, "vision_config.hidden_size"),
@@ -334,4 +358,38 @@ fn generation_config_file() {
         g.early_stopping,
         Some(blip2_core::config::EarlyStopping::Never)
     );
+}
+
+/// InstructBLIP's config.json: the family, a Q-Former that always reads text, LLaMA's defaults
+/// and the legacy `rope_theta` spelling.
+#[test]
+fn instructblip_configs_parse_with_transformers_defaults() {
+    let c = Blip2Config::from_json(
+        r#"{"model_type": "instructblip", "text_config": {"model_type": "llama", "rope_theta": 500000.0,
+            "num_key_value_heads": 8}, "qformer_config": {"model_type": "instructblip_qformer"}}"#,
+    )
+    .unwrap();
+    assert_eq!(c.family, blip2_core::config::ModelFamily::InstructBlip);
+    assert!(c.qformer_config.use_qformer_text_input);
+    assert!(c.use_decoder_only_language_model());
+    let TextConfig::Llama(t) = &c.text_config else {
+        panic!("{:?}", c.text_config)
+    };
+    assert_eq!(
+        (
+            t.hidden_size,
+            t.num_hidden_layers,
+            t.kv_heads(),
+            t.head_dim()
+        ),
+        (4096, 32, 8, 128)
+    );
+    assert_eq!(t.rope_theta(), 500000.0);
+    assert_eq!(
+        (t.bos_token_id, t.eos_token_ids(), t.pad_token_id),
+        (Some(1), vec![2], None)
+    );
+    let blip2 = Blip2Config::from_json("{}").unwrap();
+    assert_eq!(blip2.family, blip2_core::config::ModelFamily::Blip2);
+    assert!(!blip2.qformer_config.use_qformer_text_input);
 }

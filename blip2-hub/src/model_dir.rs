@@ -18,6 +18,22 @@ pub struct ModelDir {
     preprocessor: PreprocessorConfig,
     processor: ProcessorConfig,
     generation: GenerationConfigFile,
+    pad_token: Option<String>,
+}
+
+/// The one field of `tokenizer_config.json` the model needs: the token the processor pads with.
+#[derive(serde::Deserialize, Default)]
+struct TokenizerConfigFile {
+    #[serde(default)]
+    pad_token: Option<TokenSpelling>,
+}
+
+/// A special token as transformers writes it: a string, or an `AddedToken` object.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum TokenSpelling {
+    Plain(String),
+    Added { content: String },
 }
 
 impl ModelDir {
@@ -40,12 +56,18 @@ impl ModelDir {
         preprocessor.validate()?;
         let generation =
             read_optional_json(&dir.join("generation_config.json"))?.unwrap_or_default();
+        let tokenizer_config: TokenizerConfigFile =
+            read_optional_json(&dir.join("tokenizer_config.json"))?.unwrap_or_default();
+        let pad_token = tokenizer_config.pad_token.map(|t| match t {
+            TokenSpelling::Plain(s) | TokenSpelling::Added { content: s } => s,
+        });
         Ok(ModelDir {
             dir,
             config,
             preprocessor,
             processor,
             generation,
+            pad_token,
         })
     }
 
@@ -90,6 +112,18 @@ impl ModelDir {
     /// Loads `tokenizer.json`.
     pub fn tokenizer(&self) -> Result<Tokenizer> {
         load_tokenizer(self.dir.join("tokenizer.json"))
+    }
+
+    /// Loads InstructBLIP's Q-Former tokenizer, `qformer_tokenizer/tokenizer.json`.
+    pub fn qformer_tokenizer(&self) -> Result<Tokenizer> {
+        load_tokenizer(self.dir.join("qformer_tokenizer").join("tokenizer.json"))
+    }
+
+    /// The token the processor pads prompts with (`tokenizer_config.json`'s `pad_token`), when
+    /// the file names one. It can differ from the model's `pad_token_id` (InstructBLIP's Vicuna:
+    /// the processor pads with an added `<pad>`, generation with the id config.json gives).
+    pub fn pad_token(&self) -> Option<&str> {
+        self.pad_token.as_deref()
     }
 }
 

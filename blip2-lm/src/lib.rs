@@ -1,5 +1,6 @@
-//! The language models of BLIP-2 on burn, behind one [`LanguageModel`] trait: OPT
-//! ([`opt::OptForCausalLM`]) and T5 ([`t5::T5ForConditionalGeneration`]), with a preallocated
+//! The language models of BLIP-2 and InstructBLIP on burn, behind one [`LanguageModel`] trait:
+//! OPT ([`opt::OptForCausalLM`]), T5 ([`t5::T5ForConditionalGeneration`]) and LLaMA / Vicuna
+//! ([`llama::LlamaForCausalLM`]), with a preallocated
 //! [`cache::KvCache`], and the generation
 //! strategies of transformers ([`generation`]).
 #![warn(missing_docs)]
@@ -7,6 +8,7 @@
 pub mod cache;
 pub mod decoder;
 pub mod generation;
+pub mod llama;
 pub mod opt;
 pub mod t5;
 pub mod timing;
@@ -15,6 +17,7 @@ use blip2_core::{Error, Result};
 use burn::tensor::Tensor;
 
 pub use generation::{generate, GeneratedSequence, GenerationConfig, StopReason};
+pub use llama::LlamaForCausalLM;
 pub use opt::OptForCausalLM;
 pub use t5::T5ForConditionalGeneration;
 pub use timing::Timed;

@@ -6,14 +6,19 @@ use blip2_core::{nn, Weights};
 use burn::module::{Module, Param};
 use burn::tensor::{Bool, Device, Tensor, TensorData};
 
+use crate::embeddings::Blip2TextEmbeddings;
 use crate::layer::{Blip2QFormerLayer, ImageContext};
 
 /// The Q-Former, as transformers' `Blip2QFormerModel` (weights under `qformer`), together with the
-/// learned `query_tokens` of the enclosing BLIP-2 model.
+/// learned `query_tokens` of the enclosing BLIP-2 model; or InstructBLIP's
+/// `InstructBlipQFormerModel`, which also embeds the instruction
+/// ([`Blip2QFormerModel::load_instructblip`]).
 #[derive(Module, Debug)]
 pub struct Blip2QFormerModel {
     query_tokens: Param<Tensor<3>>,
     layernorm: nn::Norm,
+    /// InstructBLIP's instruction embeddings (`qformer.embeddings`).
+    instruction_embeddings: Option<Blip2TextEmbeddings>,
     layers: Vec<Blip2QFormerLayer>,
     encoder_hidden_size: usize,
     has_text_input: bool,
@@ -28,8 +33,44 @@ impl Blip2QFormerModel {
         num_query_tokens: usize,
         device: &Device,
     ) -> Result<Self> {
+        Self::load_family(w, config, num_query_tokens, false, device)
+    }
+
+    /// Loads InstructBLIP's Q-Former from `w` (the whole checkpoint: `query_tokens` and
+    /// `qformer.*`, whose LayerNorm and word and position embeddings are under
+    /// `qformer.embeddings`); see [`Blip2QFormerModel::forward_instructed`].
+    pub fn load_instructblip(
+        w: &Weights,
+        config: &QFormerConfig,
+        num_query_tokens: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        Self::load_family(w, config, num_query_tokens, true, device)
+    }
+
+    fn load_family(
+        w: &Weights,
+        config: &QFormerConfig,
+        num_query_tokens: usize,
+        instructed: bool,
+        device: &Device,
+    ) -> Result<Self> {
         config.validate()?;
+        // InstructBLIP's layers always have the text feed-forward blocks.
+        let config = &QFormerConfig {
+            use_qformer_text_input: config.use_qformer_text_input || instructed,
+            ..config.clone()
+        };
         let q = w.pp("qformer");
+        let (layernorm, instruction_embeddings) = if instructed {
+            let e = q.pp("embeddings");
+            (
+                e.pp("layernorm"),
+                Some(Blip2TextEmbeddings::load(&e, config, device)?),
+            )
+        } else {
+            (q.pp("layernorm"), None)
+        };
         let layers = (0..config.num_hidden_layers)
             .map(|i| Blip2QFormerLayer::load(&q.pp("encoder.layer").pp(i), config, i, device))
             .collect::<Result<Vec<_>>>()?;
@@ -41,11 +82,12 @@ impl Blip2QFormerModel {
                 device,
             )?,
             layernorm: nn::layer_norm(
-                &q.pp("layernorm"),
+                &layernorm,
                 config.hidden_size,
                 config.layer_norm_eps,
                 device,
             )?,
+            instruction_embeddings,
             layers,
             encoder_hidden_size: config.encoder_hidden_size,
             has_text_input: config.use_qformer_text_input,
@@ -112,6 +154,31 @@ impl Blip2QFormerModel {
             mask: None,
         };
         Ok(self.forward_embeddings(embeds, n, Some(mask), Some(&image)))
+    }
+
+    /// Whether this is InstructBLIP's Q-Former, which reads an instruction with the image.
+    pub fn is_instructed(&self) -> bool {
+        self.instruction_embeddings.is_some()
+    }
+
+    /// InstructBLIP's pass: the queries and the instruction (`ids`, token ids of the Q-Former's
+    /// BERT tokenizer, equal-length rows; `padding[row][pos]` true for padding) attend to each
+    /// other, the queries also to the image. `image_embeds` `[batch, tokens, vision_width]` →
+    /// `[batch, queries + len, hidden]`; the language model reads the first `queries` positions.
+    ///
+    /// Errors: a Q-Former without instruction embeddings (BLIP-2's), rows that do not match the
+    /// images or the padding, ids outside the vocabulary, more tokens than positions.
+    pub fn forward_instructed(
+        &self,
+        image_embeds: Tensor<3>,
+        ids: &[Vec<u32>],
+        padding: &[Vec<bool>],
+    ) -> Result<Tensor<3>> {
+        let embeddings = self.instruction_embeddings.as_ref().ok_or_else(|| {
+            Error::InvalidInput("this Q-Former reads no instruction (it is BLIP-2's)".to_owned())
+        })?;
+        let text = embeddings.forward(ids)?;
+        self.forward_joint(image_embeds, text, padding)
     }
 
     fn check_image_width(&self, width: usize) -> Result<()> {

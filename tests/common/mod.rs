@@ -214,7 +214,23 @@ pub fn run_case_in(fixture: &str, name: &str, precision: &Precision) {
     let prompt_refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
     let config = config_for(model, &case["generate_kwargs"]);
 
-    // The input rows are the ones transformers' processor builds.
+    // The input rows are the ones transformers' processor builds (InstructBLIP: the Q-Former's
+    // rows too).
+    if let Some(ids) = case["qformer_input_ids"].as_array() {
+        let rows = model.instruction_rows(&prompt_refs).unwrap();
+        let expected: Vec<Vec<u32>> = ids.iter().map(token_row).collect();
+        assert_eq!(rows.ids, expected, "{name}: qformer_input_ids");
+        let expected: Vec<Vec<bool>> = case["qformer_attention_mask"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| token_row(r).iter().map(|&v| v == 1).collect())
+            .collect();
+        assert_eq!(
+            rows.attention_mask, expected,
+            "{name}: qformer_attention_mask"
+        );
+    }
     let embeddings = model.encode_images(&imgs).unwrap();
     let prompt = model.prompt(&embeddings, &prompt_refs).unwrap();
     if let Some(ids) = case["input_ids"].as_array() {
@@ -239,6 +255,11 @@ pub fn run_case_in(fixture: &str, name: &str, precision: &Precision) {
         let goldens = SafeTensors::deserialize(&bytes).unwrap();
         let logits = match model.language_model() {
             TextModel::Opt(lm) => {
+                lm.prefill(prompt.embeds.clone(), &prompt.attention_mask, 1)
+                    .unwrap()
+                    .1
+            }
+            TextModel::Llama(lm) => {
                 lm.prefill(prompt.embeds.clone(), &prompt.attention_mask, 1)
                     .unwrap()
                     .1
@@ -293,6 +314,7 @@ pub fn run_case_in(fixture: &str, name: &str, precision: &Precision) {
             let steps = match model.language_model() {
                 TextModel::Opt(lm) => forced_logits(lm.as_ref(), &prompt, &forced),
                 TextModel::T5(lm) => forced_logits(lm.as_ref(), &prompt, &forced),
+                TextModel::Llama(lm) => forced_logits(lm.as_ref(), &prompt, &forced),
                 _ => unreachable!("a language model the tests do not know"),
             };
             let key = format!("{name}.step_logits");

@@ -5,6 +5,7 @@
 //! values the model is built with.
 
 mod generation;
+mod llama;
 mod opt;
 mod processor;
 mod qformer;
@@ -16,6 +17,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 pub use generation::{EarlyStopping, GenerationConfigFile};
+pub use llama::{LlamaConfig, RopeParameters};
 pub use opt::OptConfig;
 pub use processor::{ImageSize, PreprocessorConfig, ProcessorConfig, Resample};
 pub use qformer::QFormerConfig;
@@ -30,9 +32,24 @@ pub const MAX_DIMENSION: usize = 1 << 22;
 /// The largest layer count accepted from a config file.
 pub const MAX_LAYERS: usize = 1024;
 
-/// `config.json` of a BLIP-2 checkpoint (`model_type: "blip-2"`).
+/// Which model of the BLIP-2 family a checkpoint holds (`config.json`'s `model_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ModelFamily {
+    /// BLIP-2 (`model_type: "blip-2"`): the queries read the image alone.
+    #[default]
+    Blip2,
+    /// InstructBLIP (`model_type: "instructblip"`): the prompt is also fed to the Q-Former (with
+    /// its own BERT tokenizer), whose queries and instruction attend to each other.
+    InstructBlip,
+}
+
+/// `config.json` of a BLIP-2 or InstructBLIP checkpoint (`model_type: "blip-2"` or
+/// `"instructblip"`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Blip2Config {
+    /// BLIP-2 or InstructBLIP.
+    pub family: ModelFamily,
     /// The image encoder.
     pub vision_config: VisionConfig,
     /// The Q-Former; its `encoder_hidden_size` equals the vision width.
@@ -58,6 +75,8 @@ pub enum TextConfig {
     Opt(OptConfig),
     /// An encoder-decoder T5 / Flan-T5 (`model_type: "t5"`).
     T5(T5Config),
+    /// A decoder-only LLaMA / Vicuna (`model_type: "llama"`).
+    Llama(LlamaConfig),
 }
 
 impl TextConfig {
@@ -66,6 +85,7 @@ impl TextConfig {
         match self {
             TextConfig::Opt(_) => "opt",
             TextConfig::T5(_) => "t5",
+            TextConfig::Llama(_) => "llama",
         }
     }
 
@@ -74,12 +94,13 @@ impl TextConfig {
         match self {
             TextConfig::Opt(c) => c.hidden_size,
             TextConfig::T5(c) => c.d_model,
+            TextConfig::Llama(c) => c.hidden_size,
         }
     }
 
     /// Whether this is a decoder-only model (transformers' `use_decoder_only_language_model`).
     pub fn is_decoder_only(&self) -> bool {
-        matches!(self, TextConfig::Opt(_))
+        !matches!(self, TextConfig::T5(_))
     }
 
     fn from_value(value: serde_json::Value) -> std::result::Result<Self, ConfigParseError> {
@@ -95,10 +116,13 @@ impl TextConfig {
             "t5" => Ok(TextConfig::T5(
                 serde_json::from_value(value).map_err(ConfigParseError::Json)?,
             )),
+            "llama" => Ok(TextConfig::Llama(
+                serde_json::from_value(value).map_err(ConfigParseError::Json)?,
+            )),
             _ => Err(ConfigParseError::Unsupported(Error::UnsupportedModelType {
                 field: "text_config.model_type".to_owned(),
                 found: model_type,
-                supported: "\"opt\", \"t5\"".to_owned(),
+                supported: "\"opt\", \"t5\", \"llama\"".to_owned(),
             })),
         }
     }
@@ -148,6 +172,7 @@ impl Default for Blip2Config {
     /// default `OPTConfig`.
     fn default() -> Self {
         let mut config = Blip2Config {
+            family: ModelFamily::Blip2,
             vision_config: VisionConfig::default(),
             qformer_config: QFormerConfig::default(),
             text_config: TextConfig::default(),
@@ -182,16 +207,17 @@ impl Blip2Config {
             source,
         };
         let raw: RawBlip2Config = serde_json::from_str(text).map_err(json_err)?;
-        match raw.model_type.as_deref() {
-            Some("blip-2") | None => {}
+        let family = match raw.model_type.as_deref() {
+            Some("blip-2") | None => ModelFamily::Blip2,
+            Some("instructblip") => ModelFamily::InstructBlip,
             Some(other) => {
                 return Err(Error::UnsupportedModelType {
                     field: "model_type".to_owned(),
                     found: other.to_owned(),
-                    supported: "\"blip-2\"".to_owned(),
+                    supported: "\"blip-2\", \"instructblip\"".to_owned(),
                 })
             }
-        }
+        };
         let text_config = match raw.text_config {
             None | Some(serde_json::Value::Null) => TextConfig::default(),
             Some(value) => TextConfig::from_value(value).map_err(|e| match e {
@@ -203,7 +229,12 @@ impl Blip2Config {
         let mut qformer_config = raw.qformer_config.unwrap_or_default();
         // transformers' Blip2Config overwrites whatever the file says with the vision width.
         qformer_config.encoder_hidden_size = vision_config.hidden_size;
+        if family == ModelFamily::InstructBlip {
+            // InstructBlipQFormerModel always has the text embeddings and feed-forward blocks.
+            qformer_config.use_qformer_text_input = true;
+        }
         let config = Blip2Config {
+            family,
             vision_config,
             qformer_config,
             text_config,
@@ -223,13 +254,14 @@ impl Blip2Config {
         match &self.text_config {
             TextConfig::Opt(c) => c.validate()?,
             TextConfig::T5(c) => c.validate()?,
+            TextConfig::Llama(c) => c.validate()?,
         }
         check_positive("num_query_tokens", self.num_query_tokens)?;
         check_positive("image_text_hidden_size", self.image_text_hidden_size)?;
         Ok(())
     }
 
-    /// Whether the language model is decoder-only (OPT) rather than encoder-decoder (T5).
+    /// Whether the language model is decoder-only (OPT, LLaMA) rather than encoder-decoder (T5).
     pub fn use_decoder_only_language_model(&self) -> bool {
         self.text_config.is_decoder_only()
     }
