@@ -345,6 +345,16 @@ impl Blip2 {
         Ok(first_text(out))
     }
 
+    /// The prompt a caption is generated from (what an empty prompt list means): none for
+    /// BLIP-2, [`INSTRUCTBLIP_CAPTION_PROMPT`] for InstructBLIP.
+    pub fn caption_prompt(&self) -> &'static str {
+        if self.is_instructblip() {
+            INSTRUCTBLIP_CAPTION_PROMPT
+        } else {
+            ""
+        }
+    }
+
     /// Whether this is an InstructBLIP model (its Q-Former reads the prompt too).
     pub fn is_instructblip(&self) -> bool {
         self.qformer_tokenizer.is_some()
@@ -554,13 +564,8 @@ impl Blip2 {
     ) -> Result<Prompt> {
         let prompts = as_strs(prompts);
         let n = embeddings.len();
-        let caption = if self.is_instructblip() {
-            INSTRUCTBLIP_CAPTION_PROMPT
-        } else {
-            ""
-        };
         let texts: Vec<&str> = match prompts.len() {
-            0 => vec![caption; n],
+            0 => vec![self.caption_prompt(); n],
             1 => vec![prompts[0]; n],
             k if k == n => prompts,
             k => {

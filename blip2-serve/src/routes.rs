@@ -326,10 +326,10 @@ fn held_back(text: &str, stop: &[String]) -> usize {
 }
 
 /// The model's prompt for a chat turn or a caption request: the question in the model's
-/// template, a raw prompt as given, or nothing (a caption).
+/// template, or the model's caption prompt (nothing for BLIP-2).
 fn prompt_of(model: &Blip2, question: &str) -> String {
     if question.is_empty() {
-        String::new()
+        model.caption_prompt().to_owned()
     } else {
         model.question_prompt(question)
     }
@@ -595,7 +595,7 @@ async fn caption(State(s): Shared, request: Request) -> Result<Response, ApiErro
         }
         (Some(p), None) => p.clone(),
         (None, Some(q)) => prompt_of(model, q.trim()),
-        (None, None) => String::new(),
+        (None, None) => model.caption_prompt().to_owned(),
     };
     let config = options.apply(model.generation_config(), &s.config.limits)?;
     let prompt_tokens = model.input_tokens(&prompt)?;

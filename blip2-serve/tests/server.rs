@@ -800,3 +800,74 @@ fn a_client_that_disconnects_mid_stream_stops_its_generation() {
     println!("the stream stopped after {streamed} of {ASKED} tokens");
     server.stop().unwrap();
 }
+
+/// An InstructBLIP checkpoint behind the same endpoints: a chat turn without text is the
+/// library's `caption` (the captioning instruction), one with text its `ask` (the question as
+/// the instruction), batched or streamed, and `usage` counts the prompt actually used.
+#[test]
+fn instructblip_answers_as_the_library_does() {
+    let fixture = "tiny-instructblip-llama";
+    let server = start(config(), fixture);
+    let addr = server.addr();
+    let model = Blip2::from_pretrained(fixtures().join(fixture)).unwrap();
+    assert!(model.is_instructblip());
+    let img = load_image(image_path("rgb_96x64.png"), ImageLimits::default()).unwrap();
+    let config = blip2::GenerationConfig {
+        max_new_tokens: Some(12),
+        ..model.generation_config().clone()
+    };
+    for question in ["", "What is in the picture?"] {
+        let prompt = if question.is_empty() {
+            blip2::INSTRUCTBLIP_CAPTION_PROMPT.to_owned()
+        } else {
+            question.to_owned()
+        };
+        let expected = model
+            .generate(std::slice::from_ref(&img), &[prompt.as_str()], &config)
+            .unwrap()[0][0]
+            .text
+            .clone();
+        let (status, response) = post_json(
+            addr,
+            "/v1/chat/completions",
+            &chat("rgb_96x64.png", question),
+        );
+        assert_eq!(status, 200, "{response}");
+        assert_eq!(answer(&response), expected, "{question:?}");
+        assert_eq!(
+            response["usage"]["prompt_tokens"],
+            model.input_tokens(&prompt).unwrap()
+        );
+        let mut body = chat("rgb_96x64.png", question);
+        body["stream"] = json!(true);
+        let (status, text) = request(
+            addr,
+            "POST",
+            "/v1/chat/completions",
+            &[("Content-Type", "application/json")],
+            body.to_string().as_bytes(),
+        );
+        assert_eq!(status, 200, "{text}");
+        let streamed: String = sse_data(&text)
+            .iter()
+            .filter(|d| *d != "[DONE]")
+            .filter_map(|d| {
+                let v: Value = serde_json::from_str(d).unwrap();
+                v["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .collect();
+        assert_eq!(streamed, expected, "streamed {question:?}");
+    }
+    let body = json!({ "image": data_url("rgb_96x64.png"), "max_tokens": 12 });
+    let (status, captioned) = post_json(addr, "/v1/caption", &body);
+    assert_eq!(status, 200, "{captioned}");
+    let expected = model
+        .generate(std::slice::from_ref(&img), blip2::NO_PROMPTS, &config)
+        .unwrap()[0][0]
+        .text
+        .clone();
+    assert_eq!(captioned["text"], expected.as_str());
+    server.stop().unwrap();
+}
