@@ -61,8 +61,8 @@ pub use retrieval::{Blip2Retrieval, RankedText, Scores, TokenizedTexts, ITM_PAIR
 pub mod lm {
     pub use blip2_lm::generation::{fresh_seed, Prompt, DEFAULT_MAX_NEW_TOKENS};
     pub use blip2_lm::{
-        check_device, generate, read_back, GeneratedSequence, LanguageModel, OptForCausalLM,
-        T5ForConditionalGeneration,
+        check_device, generate, read_back, GeneratedSequence, LanguageModel, LlamaForCausalLM,
+        OptForCausalLM, T5ForConditionalGeneration,
     };
 }
 pub use image;

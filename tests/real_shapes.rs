@@ -47,3 +47,56 @@ fn real_vit_g_and_qformer_shapes() {
         encoded.as_secs_f64()
     );
 }
+
+/// Vicuna-7b's language model (`instructblip-vicuna-7b`'s `text_config`: 4096 wide, 32 layers,
+/// 32 heads, MLP 11008, vocabulary 32001) from random weights in bf16 (13.5 GB; f32 would need
+/// 27 GB): a prefill of 32 image queries and 8 prompt tokens, then 8 decoding steps. Reports the
+/// times (and tools/bench/llama_shape.py does the same with transformers); asserts the shapes.
+/// `BLIP2_LLAMA_LAYERS=8` builds fewer layers.
+///
+/// ```sh
+/// BLIP2_LLAMA_LAYERS=8 cargo test --release --test real_shapes -- --ignored --nocapture vicuna
+/// ```
+#[test]
+#[ignore = "builds Vicuna-7b's 6.7 B parameters in bf16 (13.5 GB); run with --ignored in release mode"]
+fn real_vicuna_7b_shape() {
+    use blip2::lm::{LanguageModel, LlamaForCausalLM};
+
+    let layers = std::env::var("BLIP2_LLAMA_LAYERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(32);
+    let config: blip2::config::LlamaConfig = serde_json::from_str(&format!(
+        r#"{{"vocab_size": 32001, "hidden_size": 4096, "intermediate_size": 11008,
+            "num_hidden_layers": {layers}, "num_attention_heads": 32, "max_position_embeddings": 2048,
+            "rms_norm_eps": 1e-6, "pad_token_id": 0}}"#
+    ))
+    .unwrap();
+    let device = Device::default();
+    let source = RandomWeights::new(0.02);
+    let weights = Weights::new(&source, WeightDType::BF16);
+    let start = Instant::now();
+    let lm = LlamaForCausalLM::load(&weights.pp("language_model"), &config, &device).unwrap();
+    let built = start.elapsed();
+
+    let (prompt, steps) = (40, 8);
+    let embeds = lm
+        .embed_tokens(&[(0..prompt as u32).map(|i| 100 + i).collect()])
+        .unwrap();
+    let start = Instant::now();
+    let (mut state, logits) = lm.prefill(embeds, &[vec![true; prompt]], steps).unwrap();
+    let _ = logits.clone().into_data();
+    let prefill = start.elapsed();
+    assert_eq!(logits.dims(), [1, 32001]);
+    let start = Instant::now();
+    for i in 0..steps {
+        let logits = lm.step(&mut state, &[200 + i as u32]).unwrap();
+        let _ = logits.into_data();
+    }
+    let per_token = start.elapsed().as_secs_f64() / steps as f64;
+    println!(
+        "vicuna-7b shape ({layers} layers, bf16) on {device:?}: built in {:.1} s, prefill of {prompt} positions {:.3} s, decode {per_token:.4} s/token",
+        built.as_secs_f64(),
+        prefill.as_secs_f64()
+    );
+}
