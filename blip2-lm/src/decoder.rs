@@ -2,25 +2,105 @@
 //! the causal mask with padding, and the state kept between steps.
 
 use blip2_core::error::{Error, Result};
+use blip2_core::nn;
 use burn::tensor::{Bool, Device, Tensor, TensorData};
 
 use crate::cache::KvCache;
+use crate::LanguageModel;
+
+/// A decoder-only model (OPT, LLaMA): what it supplies for [`LanguageModel`]'s prefill, steps and
+/// reordering, which are the same for all of them.
+pub trait DecoderOnly: Send + Sync {
+    /// The position id transformers gives padding (OPT: -1, LLaMA: 0; never attended to).
+    const PAD_POSITION: i64;
+
+    /// The token embedding table, `[vocab, embed_dim]`.
+    fn token_embeddings(&self) -> Tensor<2>;
+
+    /// How many positions the model can take.
+    fn position_limit(&self) -> usize;
+
+    /// An empty cache for `rows` rows of up to `capacity` positions.
+    fn new_cache(&self, rows: usize, capacity: usize) -> KvCache;
+
+    /// Runs the decoder over `embeds` (`[rows, new, embed_dim]`) at `positions` (row-major) with
+    /// `mask` (`[rows, 1, new, keys]`, true = ignore), appending to the cache; returns the f32
+    /// logits of the last position, `[rows, vocab]`.
+    fn run(
+        &self,
+        embeds: Tensor<3>,
+        positions: &[i64],
+        mask: Tensor<4, Bool>,
+        cache: &mut KvCache,
+    ) -> Tensor<2>;
+}
+
+impl<M: DecoderOnly> LanguageModel for M {
+    type State = DecoderState;
+
+    fn vocab_size(&self) -> usize {
+        self.token_embeddings().dims()[0]
+    }
+
+    fn max_positions(&self) -> Option<usize> {
+        Some(self.position_limit())
+    }
+
+    fn embed_tokens(&self, ids: &[Vec<u32>]) -> Result<Tensor<3>> {
+        nn::embed_rows(&self.token_embeddings(), ids)
+    }
+
+    fn prefill(
+        &self,
+        embeds: Tensor<3>,
+        attention_mask: &[Vec<bool>],
+        max_new_tokens: usize,
+    ) -> Result<(DecoderState, Tensor<2>)> {
+        let (rows, len) = crate::check_prompt(&embeds, attention_mask)?;
+        let device = embeds.device();
+        let cache = self.new_cache(rows, len + max_new_tokens);
+        let Prefill {
+            mut state,
+            positions,
+            mask,
+        } = DecoderState::prefill(
+            attention_mask,
+            max_new_tokens,
+            self.position_limit(),
+            Self::PAD_POSITION,
+            cache,
+            &device,
+        )?;
+        let logits = self.run(embeds, &positions, mask, &mut state.cache);
+        Ok((state, logits))
+    }
+
+    fn step(&self, state: &mut DecoderState, tokens: &[u32]) -> Result<Tensor<2>> {
+        let embeds = self.embed_tokens(&tokens.iter().map(|&t| vec![t]).collect::<Vec<_>>())?;
+        let (positions, mask) = state.step(tokens.len(), &embeds.device())?;
+        Ok(self.run(embeds, &positions, mask, &mut state.cache))
+    }
+
+    fn reorder(&self, state: &mut DecoderState, rows: &[usize]) {
+        state.reorder(rows);
+    }
+}
 
 /// Decoding state of a batch of decoder-only rows: the KV cache, which cached positions are
 /// padding, and the next position id of each row.
 #[derive(Debug, Clone)]
 pub struct DecoderState {
-    pub(crate) cache: KvCache,
+    cache: KvCache,
     padding: Vec<Vec<bool>>,
     next_position: Vec<i64>,
 }
 
 /// A prefill's inputs as the model runs them: a position id per prompt position (row-major) and
 /// the `[rows, 1, len, len]` mask (true = ignore).
-pub(crate) struct Prefill {
-    pub state: DecoderState,
-    pub positions: Vec<i64>,
-    pub mask: Tensor<4, Bool>,
+struct Prefill {
+    state: DecoderState,
+    positions: Vec<i64>,
+    mask: Tensor<4, Bool>,
 }
 
 impl DecoderState {
@@ -28,7 +108,7 @@ impl DecoderState {
     /// that left padding takes no position; padding itself gets `pad_position`), a causal mask
     /// that also hides padding keys, and the state for the steps after it. Errors when the prompt
     /// and `max_new_tokens` need more than `max_positions` positions.
-    pub(crate) fn prefill(
+    fn prefill(
         attention_mask: &[Vec<bool>],
         max_new_tokens: usize,
         max_positions: usize,
@@ -80,11 +160,7 @@ impl DecoderState {
 
     /// Makes room for one more token per row (`tokens` of them): its position per row and the
     /// `[rows, 1, 1, keys]` mask over every cached position and the new one.
-    pub(crate) fn step(
-        &mut self,
-        tokens: usize,
-        device: &Device,
-    ) -> Result<(Vec<i64>, Tensor<4, Bool>)> {
+    fn step(&mut self, tokens: usize, device: &Device) -> Result<(Vec<i64>, Tensor<4, Bool>)> {
         let rows = self.padding.len();
         if tokens != rows {
             return Err(Error::InvalidInput(format!(
@@ -112,7 +188,7 @@ impl DecoderState {
     }
 
     /// Keeps rows `rows` of the state, in that order (repeats allowed).
-    pub(crate) fn reorder(&mut self, rows: &[usize]) {
+    fn reorder(&mut self, rows: &[usize]) {
         self.cache.select_rows(rows);
         self.padding = rows.iter().map(|&r| self.padding[r].clone()).collect();
         self.next_position = rows.iter().map(|&r| self.next_position[r]).collect();

@@ -10,8 +10,7 @@ use burn::module::{Module, Param};
 use burn::tensor::{s, Bool, DType, Device, Tensor, TensorData};
 
 use crate::cache::KvCache;
-use crate::decoder::{DecoderState, Prefill};
-use crate::LanguageModel;
+use crate::decoder::{DecoderOnly, DecoderState};
 
 /// `LlamaRMSNorm`: `weight * (x / sqrt(mean(x²) + eps))`, the normalisation computed in f32 and
 /// rounded back to the input's precision before the weight is applied, as transformers does.
@@ -294,10 +293,8 @@ impl LlamaForCausalLM {
         self.embed_tokens.val().device()
     }
 
-    /// Runs the decoder over `embeds` (`[rows, new, hidden]`) at `positions` with `mask`
-    /// (`[rows, 1, new, keys]`, true = ignore), appending to the cache; returns the logits of the
-    /// last position, `[rows, vocab]`, in f32.
-    fn run(
+    /// [`DecoderOnly::run`].
+    fn decode(
         &self,
         embeds: Tensor<3>,
         positions: &[i64],
@@ -316,61 +313,36 @@ impl LlamaForCausalLM {
     }
 }
 
-impl LanguageModel for LlamaForCausalLM {
-    type State = LlamaState;
+impl DecoderOnly for LlamaForCausalLM {
+    // transformers' generate(): positions = cumsum(mask) - 1, padding at 0.
+    const PAD_POSITION: i64 = 0;
 
-    fn vocab_size(&self) -> usize {
-        self.embed_tokens.dims()[0]
+    fn token_embeddings(&self) -> Tensor<2> {
+        self.embed_tokens.val()
     }
 
-    fn max_positions(&self) -> Option<usize> {
-        Some(self.max_positions)
+    fn position_limit(&self) -> usize {
+        self.max_positions
     }
 
-    fn embed_tokens(&self, ids: &[Vec<u32>]) -> Result<Tensor<3>> {
-        nn::embed_rows(&self.embed_tokens.val(), ids)
-    }
-
-    fn prefill(
-        &self,
-        embeds: Tensor<3>,
-        attention_mask: &[Vec<bool>],
-        max_new_tokens: usize,
-    ) -> Result<(LlamaState, Tensor<2>)> {
-        let (rows, len) = crate::check_prompt(&embeds, attention_mask)?;
-        let device = self.device();
-        let cache = KvCache::new(
+    fn new_cache(&self, rows: usize, capacity: usize) -> KvCache {
+        KvCache::new(
             self.layers.len(),
             rows,
             self.kv_heads,
-            len + max_new_tokens,
+            capacity,
             self.head_dim,
-            (&device, self.embed_tokens.dtype()),
-        );
-        // transformers' generate(): positions = cumsum(mask) - 1, padding at 0.
-        let Prefill {
-            mut state,
-            positions,
-            mask,
-        } = DecoderState::prefill(
-            attention_mask,
-            max_new_tokens,
-            self.max_positions,
-            0,
-            cache,
-            &device,
-        )?;
-        let logits = self.run(embeds, &positions, mask, &mut state.cache);
-        Ok((state, logits))
+            (&self.device(), self.embed_tokens.dtype()),
+        )
     }
 
-    fn step(&self, state: &mut LlamaState, tokens: &[u32]) -> Result<Tensor<2>> {
-        let embeds = self.embed_tokens(&tokens.iter().map(|&t| vec![t]).collect::<Vec<_>>())?;
-        let (positions, mask) = state.step(tokens.len(), &self.device())?;
-        Ok(self.run(embeds, &positions, mask, &mut state.cache))
-    }
-
-    fn reorder(&self, state: &mut LlamaState, rows: &[usize]) {
-        state.reorder(rows);
+    fn run(
+        &self,
+        embeds: Tensor<3>,
+        positions: &[i64],
+        mask: Tensor<4, Bool>,
+        cache: &mut KvCache,
+    ) -> Tensor<2> {
+        self.decode(embeds, positions, mask, cache)
     }
 }

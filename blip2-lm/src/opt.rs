@@ -8,8 +8,7 @@ use burn::module::{Module, Param};
 use burn::tensor::{s, Bool, DType, Device, Tensor};
 
 use crate::cache::KvCache;
-use crate::decoder::{DecoderState, Prefill};
-use crate::LanguageModel;
+use crate::decoder::{DecoderOnly, DecoderState};
 
 /// `OPTAttention`: q (scaled by `head_dim^-0.5`), k, v and out projections with biases.
 #[derive(Module, Debug)]
@@ -184,10 +183,10 @@ impl OptForCausalLM {
     /// Runs the decoder over `embeds` (`[rows, new, embed_dim]`) at `positions` with `mask`
     /// (`[rows, 1, new, keys]`, true = ignore), appending to the cache; returns the logits of the
     /// last position, `[rows, vocab]`.
-    fn run(
+    fn decode(
         &self,
         embeds: Tensor<3>,
-        positions: Vec<i64>,
+        positions: &[i64],
         mask: Tensor<4, Bool>,
         cache: &mut KvCache,
     ) -> Tensor<2> {
@@ -225,63 +224,38 @@ impl OptForCausalLM {
     }
 }
 
-impl LanguageModel for OptForCausalLM {
-    type State = OptState;
+impl DecoderOnly for OptForCausalLM {
+    // transformers: positions = cumsum(mask) * mask - 1.
+    const PAD_POSITION: i64 = -1;
 
-    fn vocab_size(&self) -> usize {
-        self.embed_tokens.dims()[0]
+    fn token_embeddings(&self) -> Tensor<2> {
+        self.embed_tokens.val()
     }
 
-    fn max_positions(&self) -> Option<usize> {
-        Some(self.max_positions)
+    fn position_limit(&self) -> usize {
+        self.max_positions
     }
 
-    fn embed_tokens(&self, ids: &[Vec<u32>]) -> Result<Tensor<3>> {
-        nn::embed_rows(&self.embed_tokens.val(), ids)
-    }
-
-    fn prefill(
-        &self,
-        embeds: Tensor<3>,
-        attention_mask: &[Vec<bool>],
-        max_new_tokens: usize,
-    ) -> Result<(OptState, Tensor<2>)> {
-        let (rows, len) = crate::check_prompt(&embeds, attention_mask)?;
-        let device = self.device();
+    fn new_cache(&self, rows: usize, capacity: usize) -> KvCache {
         let head_dim = self.embed_positions.dims()[1] / self.num_heads;
-        let cache = KvCache::new(
+        let device = self.device();
+        KvCache::new(
             self.layers.len(),
             rows,
             self.num_heads,
-            len + max_new_tokens,
+            capacity,
             head_dim,
             (&device, self.embed_tokens.dtype()),
-        );
-        // transformers: positions = cumsum(mask) * mask - 1, so padding is at -1.
-        let Prefill {
-            mut state,
-            positions,
-            mask,
-        } = DecoderState::prefill(
-            attention_mask,
-            max_new_tokens,
-            self.max_positions,
-            -1,
-            cache,
-            &device,
-        )?;
-        let logits = self.run(embeds, positions, mask, &mut state.cache);
-        Ok((state, logits))
+        )
     }
 
-    fn step(&self, state: &mut OptState, tokens: &[u32]) -> Result<Tensor<2>> {
-        let device = self.device();
-        let embeds = self.embed_tokens(&tokens.iter().map(|&t| vec![t]).collect::<Vec<_>>())?;
-        let (positions, mask) = state.step(tokens.len(), &device)?;
-        Ok(self.run(embeds, positions, mask, &mut state.cache))
-    }
-
-    fn reorder(&self, state: &mut OptState, rows: &[usize]) {
-        state.reorder(rows);
+    fn run(
+        &self,
+        embeds: Tensor<3>,
+        positions: &[i64],
+        mask: Tensor<4, Bool>,
+        cache: &mut KvCache,
+    ) -> Tensor<2> {
+        self.decode(embeds, positions, mask, cache)
     }
 }
