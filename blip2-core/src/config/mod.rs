@@ -352,6 +352,11 @@ impl TokenIds {
             TokenIds::Many(ids) => ids.clone(),
         }
     }
+
+    /// The ids of an optional field as a list (empty when absent).
+    pub fn list(ids: Option<&TokenIds>) -> Vec<u32> {
+        ids.map(TokenIds::to_vec).unwrap_or_default()
+    }
 }
 
 pub(crate) fn check_positive(field: &str, value: usize) -> Result<()> {

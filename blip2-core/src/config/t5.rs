@@ -139,10 +139,7 @@ impl T5Config {
 
     /// The end-of-sequence ids, possibly several.
     pub fn eos_token_ids(&self) -> Vec<u32> {
-        self.eos_token_id
-            .as_ref()
-            .map(TokenIds::to_vec)
-            .unwrap_or_default()
+        TokenIds::list(self.eos_token_id.as_ref())
     }
 
     /// Checks the sizes and relations the model code relies on.
