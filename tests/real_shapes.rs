@@ -48,11 +48,12 @@ fn real_vit_g_and_qformer_shapes() {
     );
 }
 
-/// Vicuna-7b's language model (`instructblip-vicuna-7b`'s `text_config`: 4096 wide, 32 layers,
-/// 32 heads, MLP 11008, vocabulary 32001) from random weights in bf16 (13.5 GB; f32 would need
-/// 27 GB): a prefill of 32 image queries and 8 prompt tokens, then 8 decoding steps. Reports the
-/// times (and tools/bench/llama_shape.py does the same with transformers); asserts the shapes.
-/// `BLIP2_LLAMA_LAYERS=8` builds fewer layers.
+/// `instructblip-vicuna-7b`'s shape from random weights in bf16: the image side (ViT-g, then the
+/// Q-Former over 32 queries and a 10-token instruction, then the projection to 4096) for one
+/// 224x224 image, and the language model (4096 wide, 32 layers, 32 heads, MLP 11008, vocabulary
+/// 32001; 13.5 GB, where f32 would need 27 GB): a prefill of 32 image queries and 8 prompt
+/// tokens, then 8 decoding steps. Reports the times (tools/bench/llama_shape.py does the same
+/// with transformers); asserts the shapes. `BLIP2_LLAMA_LAYERS=8` builds fewer layers.
 ///
 /// ```sh
 /// BLIP2_LLAMA_LAYERS=8 cargo test --release --test real_shapes -- --ignored --nocapture vicuna
@@ -75,6 +76,32 @@ fn real_vicuna_7b_shape() {
     let device = Device::default();
     let source = RandomWeights::new(0.02);
     let weights = Weights::new(&source, WeightDType::BF16);
+
+    let full = Blip2Config::from_json(
+        r#"{"model_type": "instructblip", "text_config": {"model_type": "llama"}}"#,
+    )
+    .unwrap();
+    let encoder = ImageEncoder::from_weights(&full, &weights, &device).unwrap();
+    let pixels = Tensor::<4>::random(
+        [1, 3, 224, 224],
+        burn::tensor::Distribution::Normal(0.0, 1.0),
+        &device,
+    );
+    let ids = vec![(0..10).map(|i| 1000 + i).collect::<Vec<u32>>()];
+    let start = Instant::now();
+    let vision = encoder.vision().forward(pixels).unwrap();
+    let queries = encoder
+        .qformer()
+        .forward_instructed(vision.last_hidden_state, &ids, &[vec![false; 10]])
+        .unwrap();
+    let projected = encoder
+        .project(queries.slice(burn::tensor::s![.., 0..32, ..]))
+        .unwrap();
+    let _ = projected.clone().into_data();
+    let encoded = start.elapsed();
+    assert_eq!(projected.dims(), [1, 32, 4096]);
+    drop(encoder);
+
     let start = Instant::now();
     let lm = LlamaForCausalLM::load(&weights.pp("language_model"), &config, &device).unwrap();
     let built = start.elapsed();
@@ -95,7 +122,8 @@ fn real_vicuna_7b_shape() {
     }
     let per_token = start.elapsed().as_secs_f64() / steps as f64;
     println!(
-        "vicuna-7b shape ({layers} layers, bf16) on {device:?}: built in {:.1} s, prefill of {prompt} positions {:.3} s, decode {per_token:.4} s/token",
+        "vicuna-7b shape ({layers} layers, bf16) on {device:?}: image encoded (ViT-g, Q-Former with a 10-token instruction, projection) in {:.2} s; LM built in {:.1} s, prefill of {prompt} positions {:.3} s, decode {per_token:.4} s/token",
+        encoded.as_secs_f64(),
         built.as_secs_f64(),
         prefill.as_secs_f64()
     );
