@@ -169,7 +169,7 @@ fn caption_and_ask_use_instructblip_prompts() {
 
 /// Vicuna's special tokens come from three places that disagree: the processor pads prompts with
 /// the tokenizer's `<pad>` (an added token after the vocabulary), generation pads finished rows
-/// with config.json's `pad_token_id`, and BOS/EOS come from generation_config.json.
+/// with config.json's `pad_token_id`, and generation stops on config.json's `eos_token_id`.
 #[test]
 fn llama_special_tokens_come_from_where_transformers_takes_them() {
     let model = common::model(LLAMA);
@@ -188,6 +188,41 @@ fn llama_special_tokens_come_from_where_transformers_takes_them() {
             .any(|v| v == pad),
         "the padded golden row holds the tokenizer's pad"
     );
+}
+
+/// transformers 5.24's BLIP-2 and InstructBLIP `generate` stop on `text_config.eos_token_id`
+/// and pad with its `pad_token_id`, whatever the top-level generation_config.json says
+/// (tools/parity/check_generation_config_precedence.py shows it): a copy of each fixture whose
+/// generation_config.json names other ids still takes config.json's.
+#[test]
+fn the_model_configs_eos_and_pad_win_over_generation_config_json() {
+    for (fixture, eos, pad) in [("tiny-opt", 202, 1), (LLAMA, 2, 0)] {
+        let copy = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(fixtures().join(fixture)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_file() {
+                std::fs::copy(&path, copy.path().join(path.file_name().unwrap())).unwrap();
+            } else if path.is_dir() {
+                // InstructBLIP's qformer_tokenizer/ folder.
+                let sub = copy.path().join(path.file_name().unwrap());
+                std::fs::create_dir(&sub).unwrap();
+                for inner in std::fs::read_dir(&path).unwrap() {
+                    let inner = inner.unwrap().path();
+                    std::fs::copy(&inner, sub.join(inner.file_name().unwrap())).unwrap();
+                }
+            }
+        }
+        let file = copy.path().join("generation_config.json");
+        let mut generation: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        generation["eos_token_id"] = 77.into();
+        generation["pad_token_id"] = 78.into();
+        std::fs::write(&file, generation.to_string()).unwrap();
+        let model = Blip2::from_pretrained(copy.path()).unwrap();
+        let config = model.generation_config();
+        assert_eq!(config.eos_token_id, vec![eos], "{fixture}");
+        assert_eq!(config.pad_token_id, Some(pad), "{fixture}");
+    }
 }
 
 /// A BLIP-2 model has no instruction side: its rows are an error, not a silent empty input.

@@ -95,8 +95,12 @@ impl Default for GenerationConfig {
 }
 
 impl GenerationConfig {
-    /// transformers' defaults overridden by a checkpoint's `generation_config.json`; `eos` and
-    /// `pad` (from the model config) apply where the file names none.
+    /// transformers' defaults overridden by a checkpoint's `generation_config.json`, with the
+    /// language model's `eos` and `pad` (its `text_config` in config.json) taking precedence over
+    /// the file's: BLIP-2's and InstructBLIP's `generate` in transformers 5.24 hand over to the
+    /// language model's own generation config, built from `text_config`, so a top-level
+    /// generation_config.json that names other ids does not change where transformers stops.
+    /// The file's ids apply only where the model config names none.
     pub fn from_file(file: &GenerationConfigFile, eos: Vec<u32>, pad: Option<u32>) -> Self {
         let d = GenerationConfig::default();
         GenerationConfig {
@@ -116,8 +120,12 @@ impl GenerationConfig {
                 .map_or(d.repetition_penalty, |v| v as f32),
             no_repeat_ngram_size: file.no_repeat_ngram_size.unwrap_or(0),
             num_return_sequences: file.num_return_sequences.unwrap_or(1),
-            eos_token_id: file.eos_token_id.as_ref().map_or(eos, |e| e.to_vec()),
-            pad_token_id: file.pad_token_id.or(pad),
+            eos_token_id: if eos.is_empty() {
+                file.eos_token_id.as_ref().map_or(eos, |e| e.to_vec())
+            } else {
+                eos
+            },
+            pad_token_id: pad.or(file.pad_token_id),
             seed: 0,
         }
     }
