@@ -285,7 +285,8 @@ impl OutputArgs {
 
 #[derive(Subcommand)]
 enum Command {
-    /// One caption per image; or, with --dir / --input-list, caption a dataset into JSON lines.
+    /// One caption per image; or caption a dataset (--dir, --input-list, --jsonl, --webdataset,
+    /// --parquet) into JSON lines, sharded and resumable (see docs/datasets.md).
     Caption {
         #[command(flatten)]
         model: ModelArgs,
@@ -296,7 +297,7 @@ enum Command {
         /// Images to caption (`-`: read one from stdin).
         images: Vec<String>,
         #[command(flatten)]
-        dataset: dataset::DatasetArgs,
+        dataset: Box<dataset::DatasetArgs>,
     },
     /// Answer questions about an image ("Question: {q} Answer:"); the image is encoded once.
     Ask {
@@ -442,7 +443,7 @@ fn run(mut cli: Cli) -> Result<(), AnyError> {
                 if generation.timings || output.stream || output.text_only {
                     return Err(
                         "--timings, --stream and --text-only are for images given on the \
-                                command line, not with --dir / --input-list"
+                                command line, not for a dataset"
                             .into(),
                     );
                 }
