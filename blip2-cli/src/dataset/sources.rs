@@ -165,6 +165,26 @@ fn row_prompt(
     }
 }
 
+/// A sample from its parts; a prompt that could not be read makes it an error sample.
+fn sample(
+    image: Result<ImageData, String>,
+    prompt: Result<Option<RowPrompt>, String>,
+    line: Map<String, Value>,
+) -> Sample {
+    match prompt {
+        Ok(prompt) => Sample {
+            image,
+            prompt,
+            line,
+        },
+        Err(e) => Sample {
+            image: Err(e),
+            prompt: None,
+            line,
+        },
+    }
+}
+
 fn key_text(value: &Value) -> Option<String> {
     match value {
         Value::String(s) => Some(s.clone()),
@@ -217,18 +237,7 @@ fn read_jsonl(
                 if !fields.is_empty() {
                     line.insert("meta".into(), Value::Object(fields));
                 }
-                match prompt {
-                    Ok(prompt) => Sample {
-                        image,
-                        prompt,
-                        line,
-                    },
-                    Err(e) => Sample {
-                        image: Err(e),
-                        prompt: None,
-                        line,
-                    },
-                }
+                sample(image, prompt, line)
             }
             Ok(_) | Err(_) => Sample {
                 image: Err(format!("line {} is not a JSON object", n + 1)),
@@ -275,18 +284,7 @@ impl Members {
             Some(Err(e)) => Err(e),
             None => Err(format!("no image member (members: {seen})")),
         };
-        match row_prompt(self.prompt, self.question) {
-            Ok(prompt) => Sample {
-                image,
-                prompt,
-                line,
-            },
-            Err(e) => Sample {
-                image: Err(e),
-                prompt: None,
-                line,
-            },
-        }
+        sample(image, row_prompt(self.prompt, self.question), line)
     }
 }
 
@@ -421,19 +419,7 @@ fn read_parquet(
         if !meta.is_empty() {
             line.insert("meta".into(), Value::Object(meta));
         }
-        let sample = match row_prompt(prompt, question) {
-            Ok(prompt) => Sample {
-                image,
-                prompt,
-                line,
-            },
-            Err(e) => Sample {
-                image: Err(e),
-                prompt: None,
-                line,
-            },
-        };
-        if !emit(row, sample) {
+        if !emit(row, sample(image, row_prompt(prompt, question), line)) {
             break;
         }
     }
