@@ -678,6 +678,7 @@ fn cheap_mistakes_are_reported_before_the_model_loads() {
         .display()
         .to_string();
     let data = image_folder(dir.path(), 1).display().to_string();
+    let missing_tar = dir.path().join("no-shard.tar").display().to_string();
     for (args, message) in [
         (vec!["caption", "nope.png"], "cannot read nope.png"),
         (
@@ -746,6 +747,20 @@ fn cheap_mistakes_are_reported_before_the_model_loads() {
             "--question-template needs a {}",
         ),
         (vec!["caption", "-", "-"], "give - once"),
+        (vec!["caption", "--webdataset", &missing_tar], "cannot read"),
+        (
+            vec!["caption", "--webdataset", "shards/{3..1}.tar"],
+            "is not a range",
+        ),
+        (
+            vec!["caption", "--dir", &data, "--shards", "3"],
+            "--shards N needs JOB_COMPLETION_INDEX",
+        ),
+        (vec!["caption", "--resume", &data], "--resume continues"),
+        (
+            vec!["caption", "--prompt", "a photo of", &data],
+            "--prompt and --question apply to a dataset",
+        ),
     ] {
         let mut full = args.clone();
         full.extend(["--model", &missing_model]);

@@ -85,8 +85,9 @@ pub struct DatasetArgs {
     /// completions) or to override SLURM_ARRAY_TASK_COUNT.
     #[arg(long)]
     shards: Option<usize>,
-    /// Skip the images already in --output.
-    #[arg(long, requires = "output")]
+    /// Skip the images already in --output. (An --output-dir run always resumes; the flag is
+    /// accepted there too, so one command line serves both.)
+    #[arg(long)]
     resume: bool,
     /// Seconds between progress lines on stderr when it is not a terminal (a log file); 0 for
     /// a line after every batch.
@@ -114,6 +115,9 @@ impl DatasetArgs {
             if let Some(shard) = &self.shard {
                 shard::parse_shard(shard)?;
             }
+        }
+        if self.resume && self.output.is_none() && self.output_dir.is_none() {
+            return Err("--resume continues an --output file (or an --output-dir)".into());
         }
         if (self.prompt.is_some() || self.question.is_some()) && !self.has_source() {
             return Err(
