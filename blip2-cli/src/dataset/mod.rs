@@ -313,13 +313,14 @@ impl DatasetRun {
                 .and_then(Path::file_stem)
                 .map_or("images".to_owned(), |s| s.to_string_lossy().into_owned());
             images_known = Some(images.len());
+            let name = format!("{name}{}", dotted(&shard.suffix()));
             units.push(Unit {
                 input: Input {
                     kind: InputKind::Files(images),
-                    name: format!("{name}{}", dotted(&shard.suffix())),
+                    name: name.clone(),
                 },
                 rows: Shard::ALL,
-                name: String::new(),
+                name,
             });
         }
         // Several shard files are split by file, so each process reads only its own; fewer
@@ -333,13 +334,9 @@ impl DatasetRun {
             let name = format!("{}{}", input.name, dotted(&rows.suffix()));
             units.push(Unit { input, rows, name });
         }
-        if images_known.is_some() {
-            images_known = (units.len() == 1).then_some(images_known).flatten();
-        }
-        for unit in &mut units {
-            if unit.name.is_empty() {
-                unit.name = unit.input.name.clone();
-            }
+        // A bar with a length only when the listed images are all there is.
+        if units.len() > 1 {
+            images_known = None;
         }
         let mut seen = HashSet::new();
         let stats_name = format!("stats{}.json", dotted(&shard.suffix()));
