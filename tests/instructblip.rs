@@ -196,7 +196,7 @@ fn llama_special_tokens_come_from_where_transformers_takes_them() {
 /// generation_config.json names other ids still takes config.json's.
 #[test]
 fn the_model_configs_eos_and_pad_win_over_generation_config_json() {
-    for (fixture, eos, pad) in [("tiny-opt", 202, 1), (LLAMA, 2, 0)] {
+    for (fixture, eos, pad) in [("tiny-opt", 202, 1), ("tiny-t5", 1, 0), (LLAMA, 2, 0)] {
         let copy = tempfile::tempdir().unwrap();
         for entry in std::fs::read_dir(fixtures().join(fixture)).unwrap() {
             let path = entry.unwrap().path();
