@@ -227,12 +227,26 @@ fn canonical(path: &str) -> String {
 }
 
 /// What identifies a sample (or its output line) across runs: its source file and key, or its
-/// image path.
-fn identity(line: &Map<String, Value>) -> Option<String> {
-    let text = |k: &str| line.get(k).and_then(Value::as_str);
-    match (text("source"), text("key")) {
-        (Some(source), Some(key)) => Some(format!("{}\n{key}", canonical(source))),
-        _ => text("image").map(canonical),
+/// image path. The source's canonical form is remembered, since every sample of a shard (and
+/// every line of its output) names the same file: one `canonicalize` per shard, not per sample.
+#[derive(Default)]
+struct Identities {
+    source: Option<(String, String)>,
+}
+
+impl Identities {
+    fn of(&mut self, line: &Map<String, Value>) -> Option<String> {
+        let text = |k: &str| line.get(k).and_then(Value::as_str);
+        match (text("source"), text("key")) {
+            (Some(source), Some(key)) => {
+                if self.source.as_ref().is_none_or(|(raw, _)| raw != source) {
+                    self.source = Some((source.to_owned(), canonical(source)));
+                }
+                let (_, resolved) = self.source.as_ref().expect("set above");
+                Some(format!("{resolved}\n{key}"))
+            }
+            _ => text("image").map(canonical),
+        }
     }
 }
 
@@ -241,11 +255,12 @@ fn already_done(output: &Path) -> Result<HashSet<String>, AnyError> {
     let Ok(file) = File::open(output) else {
         return Ok(done);
     };
+    let mut identities = Identities::default();
     for line in BufReader::new(file).lines() {
         let line = line?;
         // A line cut short by an interrupted run is not done.
         if let Ok(Value::Object(fields)) = serde_json::from_str::<Value>(&line) {
-            done.extend(identity(&fields));
+            done.extend(identities.of(&fields));
         }
     }
     Ok(done)
@@ -514,7 +529,6 @@ pub fn caption_dataset(
         names: &names,
         batch_size,
     };
-    let no_done = HashSet::new();
     for unit in &units {
         match &mut sink {
             Sink::Stream { out, done } => {
@@ -541,8 +555,7 @@ pub fn caption_dataset(
                 }
                 drop_partial_line(&partial)?;
                 let done = already_done(&partial)?;
-                let done = if done.is_empty() { &no_done } else { &done };
-                job.run_unit(unit, &mut out, done, &mut counts, &mut progress)?;
+                job.run_unit(unit, &mut out, &done, &mut counts, &mut progress)?;
                 out.sync_all()?;
                 std::fs::rename(&partial, &finished)?;
                 counts.files_done += 1;
@@ -607,11 +620,15 @@ impl Job<'_> {
         let names = self.names;
         std::thread::scope(|scope| -> Result<(), AnyError> {
             let reader = scope.spawn(move || -> Result<(), String> {
+                let mut identities = Identities::default();
                 sources::read(&unit.input, names, &mut |row, sample| {
                     if !unit.rows.takes(row) {
                         return true;
                     }
-                    if !done.is_empty() && identity(&sample.line).is_some_and(|i| done.contains(&i))
+                    if !done.is_empty()
+                        && identities
+                            .of(&sample.line)
+                            .is_some_and(|i| done.contains(&i))
                     {
                         return tx.send(Item::Skipped).is_ok();
                     }

@@ -239,7 +239,7 @@ fn read_jsonl(
                 }
                 sample(image, prompt, line)
             }
-            Ok(_) | Err(_) => Sample {
+            _ => Sample {
                 image: Err(format!("line {} is not a JSON object", n + 1)),
                 prompt: None,
                 line: identified(path, row.to_string()),
