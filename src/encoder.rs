@@ -80,6 +80,69 @@ impl ImageEmbeddings {
     pub fn vision_states(&self) -> Option<&Tensor<3>> {
         self.vision.as_ref()
     }
+
+    /// Image `index` of the batch alone, to keep (a cache of encoded images) or to batch again
+    /// with others through [`ImageEmbeddings::concat`].
+    ///
+    /// Errors: `index` past the last image.
+    pub fn image(&self, index: usize) -> Result<ImageEmbeddings> {
+        if index >= self.len() {
+            return Err(Error::InvalidInput(format!(
+                "image {index} of a batch of {}",
+                self.len()
+            )));
+        }
+        let row = |t: &Option<Tensor<3>>| t.as_ref().map(|t| t.clone().narrow(0, index, 1));
+        Ok(ImageEmbeddings {
+            query_output: row(&self.query_output),
+            projected: row(&self.projected),
+            vision: row(&self.vision),
+        })
+    }
+
+    /// Batches encoded separately, as one batch in their order: what encoding all their images
+    /// together gives (up to the order of summation in the encoder's products).
+    ///
+    /// Errors: no parts, or parts that did not come from the same kind of encoder (BLIP-2 and
+    /// InstructBLIP, with and without a language projection) or whose widths differ.
+    pub fn concat(parts: &[ImageEmbeddings]) -> Result<ImageEmbeddings> {
+        let Some(first) = parts.first() else {
+            return Err(Error::InvalidInput(
+                "no embeddings to concatenate".to_owned(),
+            ));
+        };
+        let field = |get: fn(&ImageEmbeddings) -> &Option<Tensor<3>>| -> Result<Option<Tensor<3>>> {
+            let Some(head) = get(first) else {
+                return if parts.iter().all(|p| get(p).is_none()) {
+                    Ok(None)
+                } else {
+                    Err(mixed_embeddings())
+                };
+            };
+            let inner = &head.dims()[1..];
+            let mut all = Vec::with_capacity(parts.len());
+            for part in parts {
+                match get(part) {
+                    Some(t) if t.dims()[1..] == *inner => all.push(t.clone()),
+                    _ => return Err(mixed_embeddings()),
+                }
+            }
+            Ok(Some(Tensor::cat(all, 0)))
+        };
+        Ok(ImageEmbeddings {
+            query_output: field(|e| &e.query_output)?,
+            projected: field(|e| &e.projected)?,
+            vision: field(|e| &e.vision)?,
+        })
+    }
+}
+
+fn mixed_embeddings() -> Error {
+    Error::InvalidInput(
+        "embeddings from different kinds of encoders (or of different widths) cannot be batched \
+         together"
+            .to_owned(),
+    )
 }
 
 impl ImageEncoder {

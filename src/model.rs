@@ -434,12 +434,22 @@ impl Blip2 {
         }
         let start = Instant::now();
         let embeddings = self.encode_images(images)?;
-        let mut timings = Timings {
-            encode: start.elapsed(),
-            ..Timings::default()
-        };
+        let encode = start.elapsed();
+        let (out, timings) = self.generate_from_embeddings_timed(&embeddings, prompts, config)?;
+        Ok((out, Timings { encode, ..timings }))
+    }
+
+    /// Like [`Blip2::generate_from_embeddings`], also reporting where the time went
+    /// ([`Timings::encode`] is zero: the images were encoded before).
+    pub fn generate_from_embeddings_timed(
+        &self,
+        embeddings: &ImageEmbeddings,
+        prompts: &[impl AsRef<str>],
+        config: &GenerationConfig,
+    ) -> Result<(Vec<Vec<Generation>>, Timings)> {
+        let mut timings = Timings::default();
         let out = self.run(
-            &embeddings,
+            embeddings,
             &as_strs(prompts),
             config,
             &mut |_| ControlFlow::Continue(()),
@@ -463,12 +473,27 @@ impl Blip2 {
         config: &GenerationConfig,
         on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
     ) -> Result<Generation> {
-        if config.num_beams > 1 || config.num_return_sequences > 1 {
-            return Err(Error::InvalidInput(
-                "streaming needs one sequence (num_beams = 1, num_return_sequences = 1)".to_owned(),
-            ));
-        }
+        check_streamable(config)?;
         let embeddings = self.encode_images(std::slice::from_ref(image))?;
+        self.generate_stream_from_embeddings(&embeddings, prompt, config, on_text)
+    }
+
+    /// Like [`Blip2::generate_stream`], from one image encoded before (`embeddings` of one
+    /// image: see [`ImageEmbeddings::image`]).
+    pub fn generate_stream_from_embeddings(
+        &self,
+        embeddings: &ImageEmbeddings,
+        prompt: Option<&str>,
+        config: &GenerationConfig,
+        on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
+    ) -> Result<Generation> {
+        check_streamable(config)?;
+        if embeddings.len() != 1 {
+            return Err(Error::InvalidInput(format!(
+                "streaming generates for one image; these embeddings hold {}",
+                embeddings.len()
+            )));
+        }
         let prompts: Vec<&str> = prompt.into_iter().collect();
         let decode = |ids: &[u32]| self.tokenizer.decode(ids, true).unwrap_or_default();
         let mut stream = TextStream::default();
@@ -479,7 +504,7 @@ impl Blip2 {
             },
             _ => ControlFlow::Continue(()),
         };
-        let out = self.run(&embeddings, &prompts, config, &mut on_step, None)?;
+        let out = self.run(embeddings, &prompts, config, &mut on_step, None)?;
         let generation = out
             .into_iter()
             .next()
@@ -730,4 +755,14 @@ fn generate_with<M: LanguageModel>(
     timings.decode = record.decode_time(Instant::now());
     timings.steps = record.steps;
     out
+}
+
+/// Streaming emits one sequence's text.
+fn check_streamable(config: &GenerationConfig) -> Result<()> {
+    if config.num_beams > 1 || config.num_return_sequences > 1 {
+        return Err(Error::InvalidInput(
+            "streaming needs one sequence (num_beams = 1, num_return_sequences = 1)".to_owned(),
+        ));
+    }
+    Ok(())
 }

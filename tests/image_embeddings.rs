@@ -158,3 +158,60 @@ fn bad_pixel_values_are_errors() {
         Err(Error::InvalidInput(_))
     ));
 }
+
+/// Images encoded one at a time and concatenated are the batch encoded at once (up to summation
+/// order: within the f32 tolerance), `image(i)` takes one image back out, and both refuse what they cannot do.
+#[test]
+fn embeddings_split_and_concatenate_as_batches() {
+    let model = blip2::Blip2::from_pretrained(fixtures().join("tiny-opt")).unwrap();
+    let images: Vec<_> = ["rgb_96x64.png", "noise_61x47.png", "grey_70x50.png"]
+        .iter()
+        .map(|n| load_image(fixtures().join("images").join(n), ImageLimits::default()).unwrap())
+        .collect();
+    let batch = model.encode_images(&images).unwrap();
+    let alone: Vec<_> = images
+        .iter()
+        .map(|i| model.encode_images(std::slice::from_ref(i)).unwrap())
+        .collect();
+    let joined = blip2::ImageEmbeddings::concat(&alone).unwrap();
+    assert_eq!(joined.len(), 3);
+    let pairs = [
+        (batch.projected(), joined.projected()),
+        (batch.query_output(), joined.query_output()),
+    ];
+    for (whole, parts) in pairs {
+        let ((shape, whole), (parts_shape, parts)) =
+            (values(whole.unwrap()), values(parts.unwrap()));
+        assert_eq!(shape, parts_shape);
+        let diff = max_abs(&whole, &parts);
+        assert!(
+            diff <= TOLERANCE,
+            "batched vs one at a time: max-abs {diff}"
+        );
+    }
+    for (i, one) in alone.iter().enumerate() {
+        let taken = batch.image(i).unwrap();
+        assert_eq!(taken.len(), 1);
+        let (shape, taken) = values(taken.projected().unwrap());
+        let (_, single) = values(one.projected().unwrap());
+        assert_eq!(shape[0], 1);
+        assert!(max_abs(&taken, &single) <= TOLERANCE);
+    }
+    assert!(matches!(batch.image(3), Err(Error::InvalidInput(_))));
+    assert!(matches!(
+        blip2::ImageEmbeddings::concat(&[]),
+        Err(Error::InvalidInput(_))
+    ));
+    // A retrieval encoder's embeddings have no projection: they do not batch with BLIP-2's.
+    let itm = Checkpoint::open(fixtures().join("tiny-itm").to_str().unwrap(), None).unwrap();
+    let encoder = ImageEncoder::load(&itm, &Device::default(), WeightDType::F32).unwrap();
+    let pixels = model
+        .image_processor()
+        .preprocess_batch(&images[..1])
+        .unwrap();
+    let retrieval = encoder.encode(&pixels).unwrap();
+    assert!(matches!(
+        blip2::ImageEmbeddings::concat(&[alone[0].clone(), retrieval]),
+        Err(Error::InvalidInput(_))
+    ));
+}
