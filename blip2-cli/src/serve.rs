@@ -7,7 +7,7 @@ use blip2::{Blip2, Blip2Retrieval, Checkpoint, WeightDType};
 use blip2_serve::{Loaded, RequestLimits, ServeConfig};
 use clap::Args;
 
-use crate::{device, AnyError, ModelArgs};
+use crate::{backend_name, device, AnyError, ModelArgs};
 
 /// The server's options.
 #[derive(Args, Clone)]
@@ -27,6 +27,16 @@ pub struct ServeArgs {
     /// Most requests waiting for the model; more are answered 429.
     #[arg(long, default_value_t = 64)]
     queue: usize,
+    /// How many images' encodings to keep, so that more questions about an image sent before
+    /// (the same bytes) skip encoding it; 0 keeps none.
+    #[arg(long, default_value_t = 64)]
+    image_cache: usize,
+    /// Serve the web page at / (the default when listening on loopback only).
+    #[arg(long, conflicts_with = "no_ui")]
+    ui: bool,
+    /// Do not serve the web page (the default when listening on other addresses).
+    #[arg(long)]
+    no_ui: bool,
     /// Largest request body in bytes; larger ones are answered 413.
     #[arg(long, default_value_t = 20 << 20)]
     max_body_bytes: usize,
@@ -62,6 +72,9 @@ pub fn run(model: &ModelArgs, args: &ServeArgs) -> Result<(), AnyError> {
     let device = device(model)?;
     let mut config = ServeConfig::new(model.model.clone());
     config.addr = SocketAddr::new(args.host, args.port);
+    config.backend = backend_name(model)?;
+    config.ui = serves_page(args);
+    config.image_cache = args.image_cache;
     config.max_batch_size = args.max_batch_size;
     config.max_wait = Duration::from_millis(args.max_wait_ms);
     config.queue = args.queue;
@@ -96,11 +109,21 @@ pub fn run(model: &ModelArgs, args: &ServeArgs) -> Result<(), AnyError> {
             )?))
         }
     })?;
+    let page = if serves_page(args) {
+        format!("; the web page is at http://{}/", server.addr())
+    } else {
+        String::new()
+    };
     eprintln!(
-        "listening on http://{} (loading {}; /ready answers 200 once it can serve)",
+        "listening on http://{} (loading {}; /ready answers 200 once it can serve{page})",
         server.addr(),
         model.model
     );
     server.wait()?;
     Ok(())
+}
+
+/// Whether the page is served: `--ui`, or by default on loopback only.
+fn serves_page(args: &ServeArgs) -> bool {
+    args.ui || (!args.no_ui && args.host.is_loopback())
 }

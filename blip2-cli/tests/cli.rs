@@ -1065,11 +1065,18 @@ fn serve_answers_like_caption_and_stops_cleanly_on_sigterm() {
         .and_then(|rest| rest.split_whitespace().next())
         .unwrap_or_else(|| panic!("no address in {line:?}"))
         .to_owned();
+    assert!(
+        line.contains(&format!("the web page is at http://{addr}/")),
+        "loopback serves the page: {line:?}"
+    );
     let start = std::time::Instant::now();
     while http(&addr, "GET", "/ready", "").0 != 200 {
         assert!(start.elapsed().as_secs() < 60, "never ready");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+    let (status, page) = http(&addr, "GET", "/", "");
+    assert_eq!(status, 200);
+    assert!(page.contains("<title>BLIP-2</title>"), "{page}");
     let png = std::fs::read(&image).unwrap();
     let url = format!(
         "data:image/png;base64,{}",
@@ -1102,4 +1109,15 @@ fn serve_answers_like_caption_and_stops_cleanly_on_sigterm() {
     assert!(term.success());
     let status = child.wait().unwrap();
     assert!(status.success(), "exit status after SIGTERM: {status}");
+}
+
+#[test]
+fn serve_takes_ui_or_no_ui_not_both() {
+    let out = Command::new(env!("CARGO_BIN_EXE_blip2"))
+        .args(["serve", "--model", &fixture("tiny-opt"), "--ui", "--no-ui"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--no-ui"), "{stderr}");
 }

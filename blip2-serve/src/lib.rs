@@ -19,12 +19,14 @@
 #![warn(missing_docs)]
 
 mod api;
+mod cache;
 mod error;
 mod metrics;
 #[cfg(feature = "remote-images")]
 mod remote;
 mod routes;
 mod scheduler;
+mod ui;
 
 use std::future::IntoFuture;
 use std::io;
@@ -40,6 +42,7 @@ pub use api::RequestLimits;
 pub use error::ApiError;
 pub use scheduler::Loaded;
 
+use cache::ImageKeys;
 use metrics::Metrics;
 use scheduler::{Batching, Queue};
 
@@ -50,12 +53,21 @@ pub struct ServeConfig {
     pub addr: SocketAddr,
     /// The model's name in responses and `/v1/models`.
     pub model_name: String,
+    /// The backend's name, as `/v1/info` and the web page report it (default: the first
+    /// backend compiled in, which is what a default [`blip2::Device`] picks).
+    pub backend: String,
+    /// Serve the web page at `/` (see `docs/serving.md`). Off by default here; `blip2 serve`
+    /// turns it on when listening on loopback only.
+    pub ui: bool,
     /// Most requests per `generate` call.
     pub max_batch_size: usize,
     /// How long a request waits for others to batch with.
     pub max_wait: Duration,
     /// Most requests waiting for the model; more get 429.
     pub queue: usize,
+    /// How many images' encodings the model thread keeps, so that a question about an image
+    /// sent before (the same bytes) does not encode it again; 0 keeps none.
+    pub image_cache: usize,
     /// Largest request body; larger ones get 413.
     pub max_body_bytes: usize,
     /// Longest time a client may take to send its body; slower ones get 408.
@@ -82,9 +94,14 @@ impl ServeConfig {
         ServeConfig {
             addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             model_name: model_name.into(),
+            backend: blip2::backend::available_backends()
+                .first()
+                .map_or_else(String::new, |b| (*b).to_owned()),
+            ui: false,
             max_batch_size: 8,
             max_wait: Duration::from_millis(5),
             queue: 64,
+            image_cache: 64,
             max_body_bytes: 20 << 20,
             body_timeout: Duration::from_secs(30),
             allow_remote_images: false,
@@ -107,6 +124,7 @@ struct AppState {
     ready: AtomicBool,
     load_error: OnceLock<String>,
     next_id: AtomicU64,
+    image_keys: ImageKeys,
 }
 
 impl AppState {
@@ -170,6 +188,7 @@ pub fn spawn(
         ready: AtomicBool::new(false),
         load_error: OnceLock::new(),
         next_id: AtomicU64::new(0),
+        image_keys: ImageKeys::new(),
         config,
     });
     let failed = Arc::new(Notify::new());
@@ -273,6 +292,7 @@ fn spawn_loader(
             model.clone(),
             state.config.queue.max(1),
             batching,
+            state.config.image_cache,
             state.metrics.clone(),
         );
         match routes::probe(&queue) {

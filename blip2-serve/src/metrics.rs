@@ -33,6 +33,8 @@ pub struct Metrics {
     batch_size: Histogram,
     tokens: Counter,
     latency: HistogramFamily,
+    cache_hits: Counter,
+    cache_misses: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -70,6 +72,18 @@ impl Metrics {
             "Time per generate call by phase (encode, prefill, decode) and per request (total)",
             latency.clone(),
         );
+        let cache_hits = Counter::default();
+        registry.register(
+            "image_cache_hits",
+            "Images whose encoding was kept from an earlier request",
+            cache_hits.clone(),
+        );
+        let cache_misses = Counter::default();
+        registry.register(
+            "image_cache_misses",
+            "Images encoded (not found in the cache)",
+            cache_misses.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -77,6 +91,8 @@ impl Metrics {
             batch_size,
             tokens,
             latency,
+            cache_hits,
+            cache_misses,
         }
     }
 
@@ -112,6 +128,12 @@ impl Metrics {
         ] {
             self.observe(phase, d);
         }
+    }
+
+    /// A batch's images: `hits` found in the image cache, `misses` encoded.
+    pub fn image_cache(&self, hits: usize, misses: usize) {
+        self.cache_hits.inc_by(hits as u64);
+        self.cache_misses.inc_by(misses as u64);
     }
 
     /// One streamed generation of `tokens` tokens.

@@ -25,7 +25,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::api::{self, ChatFields, GenerationOptions, CHAT_FIELDS};
 use crate::error::ApiError;
-use crate::scheduler::{GenerateJob, Job, Loaded, Queue, Refused, Reply};
+use crate::scheduler::{GenerateJob, ImageInput, Job, Loaded, Queue, Refused, Reply, Spent};
 use crate::AppState;
 
 type Shared = State<Arc<AppState>>;
@@ -34,12 +34,19 @@ type Shared = State<Arc<AppState>>;
 pub fn router(state: Arc<AppState>) -> Router {
     let v1 = Router::new()
         .route("/v1/models", get(models))
+        .route("/v1/info", get(info))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/caption", post(caption))
         .route("/v1/match", post(match_scores))
         .route("/v1/embeddings", post(embeddings))
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
+    let pages = if state.config.ui {
+        crate::ui::routes()
+    } else {
+        Router::new()
+    };
     Router::new()
+        .merge(pages)
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
@@ -117,6 +124,70 @@ async fn models(State(s): Shared) -> Json<Value> {
         "object": "list",
         "data": [{ "id": s.config.model_name, "object": "model", "created": 0, "owned_by": "blip2" }],
     }))
+}
+
+/// `GET /v1/info`: what is loaded and how it can be asked (the web page reads it): the
+/// checkpoint, its kind and language model, backend and precision, the checkpoint's generation
+/// defaults and this server's limits. 503 while loading.
+async fn info(State(s): Shared) -> Result<Json<Value>, ApiError> {
+    let (model, _) = s.loaded()?;
+    let c = &s.config;
+    let limits = json!({
+        "max_body_bytes": c.max_body_bytes,
+        "max_tokens": c.limits.max_new_tokens,
+        "max_beams": c.limits.max_beams,
+        "max_n": c.limits.max_n,
+        "max_image_pixels": c.image_limits.max_pixels,
+    });
+    let (kind, family, language_model, dtype, defaults) = match model {
+        Loaded::Retrieval(_) => (
+            "retrieval",
+            "blip-2",
+            Value::Null,
+            "f32".to_owned(),
+            Value::Null,
+        ),
+        Loaded::Generation(m) => {
+            let g = m.generation_config();
+            let defaults = json!({
+                "max_tokens": g.max_new_tokens.unwrap_or(blip2::lm::DEFAULT_MAX_NEW_TOKENS),
+                "num_beams": g.num_beams,
+                "do_sample": g.do_sample,
+                "temperature": g.temperature,
+                "top_p": g.top_p,
+                "repetition_penalty": g.repetition_penalty,
+            });
+            let lm = match m.language_model() {
+                blip2::TextModel::Opt(_) => "opt",
+                blip2::TextModel::T5(_) => "t5",
+                blip2::TextModel::Llama(_) => "llama",
+                _ => "other",
+            };
+            let family = if m.is_instructblip() {
+                "instructblip"
+            } else {
+                "blip-2"
+            };
+            (
+                "generation",
+                family,
+                json!(lm),
+                m.dtype().to_string(),
+                defaults,
+            )
+        }
+    };
+    Ok(Json(json!({
+        "model": c.model_name,
+        "kind": kind,
+        "family": family,
+        "language_model": language_model,
+        "backend": c.backend,
+        "dtype": dtype,
+        "image_cache": c.image_cache,
+        "defaults": defaults,
+        "limits": limits,
+    })))
 }
 
 impl AppState {
@@ -203,10 +274,17 @@ impl AppState {
             .map_err(ApiError::from)
     }
 
+    /// An image file's bytes, decoded, with the key its encoding is cached under.
+    async fn image_input(&self, bytes: Vec<u8>) -> Result<ImageInput, ApiError> {
+        let key = self.image_keys.key(&bytes);
+        let image = self.decode(bytes).await?;
+        Ok(ImageInput { key, image })
+    }
+
     /// The image a chat message points to: a `data:` URL, or an http(s) one when the server
     /// allows remote images (refused by default: a server that fetches what clients name can be
     /// made to reach inside its network).
-    async fn image_from_url(&self, url: &str) -> Result<DynamicImage, ApiError> {
+    async fn image_from_url(&self, url: &str) -> Result<ImageInput, ApiError> {
         if api::is_remote(url) {
             if !self.config.allow_remote_images {
                 return Err(ApiError::bad_request(
@@ -216,12 +294,12 @@ impl AppState {
                 ));
             }
             let bytes = self.fetch_remote(url).await?;
-            return self.decode(bytes).await;
+            return self.image_input(bytes).await;
         }
         if !url.starts_with("data:") {
             return Err(ApiError::bad_request("image_url must be a data: URL"));
         }
-        self.decode(api::decode_base64_image(url)?).await
+        self.image_input(api::decode_base64_image(url)?).await
     }
 
     /// Downloads a remote image, within the body size and time limits of an upload.
@@ -250,10 +328,10 @@ impl AppState {
     async fn generate(
         &self,
         queue: &Queue,
-        image: DynamicImage,
+        image: ImageInput,
         prompt: String,
         config: GenerationConfig,
-    ) -> Result<Vec<Generation>, ApiError> {
+    ) -> Result<(Vec<Generation>, Spent), ApiError> {
         let (tx, rx) = oneshot::channel();
         self.push(
             queue,
@@ -264,10 +342,9 @@ impl AppState {
                 reply: Reply::Whole(tx),
             }),
         )?;
-        let (generations, _) = rx
+        Ok(rx
             .await
-            .map_err(|_| ApiError::internal("the model thread stopped"))??;
-        Ok(generations)
+            .map_err(|_| ApiError::internal("the model thread stopped"))??)
     }
 
     /// Runs `f` on the model thread, in queue order, and waits for its result.
@@ -398,7 +475,7 @@ async fn chat_completions(
             .keep_alive(KeepAlive::default())
             .into_response());
     }
-    let generations = s.generate(queue, image, prompt, config).await?;
+    let (generations, spent) = s.generate(queue, image, prompt, config).await?;
     let completion_tokens: usize = generations.iter().map(|g| g.token_ids.len()).sum();
     let choices: Vec<Value> = generations
         .iter()
@@ -424,8 +501,20 @@ async fn chat_completions(
             "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens,
         },
+        "timings": timings(&spent),
     }))
     .into_response())
+}
+
+/// The `timings` extension of a response (as llama.cpp's server has): where the request's time
+/// went on the model thread, in milliseconds.
+fn timings(spent: &Spent) -> Value {
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    json!({
+        "encode_ms": ms(spent.encode),
+        "image_cached": spent.image_cached,
+        "generate_ms": ms(spent.generate),
+    })
 }
 
 /// Builds OpenAI's `chat.completion.chunk` events.
@@ -437,13 +526,24 @@ struct ChunkWriter {
 
 impl ChunkWriter {
     fn chunk(&self, delta: Value, finish_reason: Option<&str>) -> Event {
-        self.event(json!({
+        self.event(self.chunk_value(delta, finish_reason))
+    }
+
+    fn chunk_value(&self, delta: Value, finish_reason: Option<&str>) -> Value {
+        json!({
             "id": self.id,
             "object": "chat.completion.chunk",
             "created": self.created,
             "model": self.model,
             "choices": [{ "index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": null }],
-        }))
+        })
+    }
+
+    /// The last chunk: the finish reason, and the request's timings.
+    fn finish(&self, finish_reason: &str, spent: &Spent) -> Event {
+        let mut value = self.chunk_value(json!({}), Some(finish_reason));
+        value["timings"] = timings(spent);
+        self.event(value)
     }
 
     fn usage(&self, prompt_tokens: usize, completion_tokens: usize) -> Event {
@@ -473,7 +573,7 @@ impl ChunkWriter {
 async fn stream_chat(
     chunks: ChunkWriter,
     mut pieces: mpsc::UnboundedReceiver<String>,
-    done: oneshot::Receiver<blip2::Result<Generation>>,
+    done: oneshot::Receiver<blip2::Result<(Generation, Spent)>>,
     stop: Vec<String>,
     usage: Option<usize>,
     events: mpsc::Sender<Event>,
@@ -508,8 +608,8 @@ async fn stream_chat(
     }
     // Dropping the receiver stops the generation at its next token.
     drop(pieces);
-    let generation = match done.await {
-        Ok(Ok(g)) => g,
+    let (generation, spent) = match done.await {
+        Ok(Ok(done)) => done,
         Ok(Err(e)) => {
             let e = ApiError::from(e);
             let _ = send(Event::default().data(error_body(&e).to_string())).await;
@@ -522,7 +622,7 @@ async fn stream_chat(
         let _ = send(chunks.chunk(json!({ "content": &text[sent..] }), None)).await;
     }
     let reason = finish_reason(generation.stop_reason, cut);
-    let _ = send(chunks.chunk(json!({}), Some(reason))).await;
+    let _ = send(chunks.finish(reason, &spent)).await;
     if let Some(prompt_tokens) = usage {
         let _ = send(chunks.usage(prompt_tokens, generation.token_ids.len())).await;
     }
@@ -599,8 +699,8 @@ async fn caption(State(s): Shared, request: Request) -> Result<Response, ApiErro
     };
     let config = options.apply(model.generation_config(), &s.config.limits)?;
     let prompt_tokens = model.input_tokens(&prompt)?;
-    let image = s.decode(image_bytes).await?;
-    let generations = s.generate(queue, image, prompt, config).await?;
+    let image = s.image_input(image_bytes).await?;
+    let (generations, spent) = s.generate(queue, image, prompt, config).await?;
     let completion_tokens: usize = generations.iter().map(|g| g.token_ids.len()).sum();
     let list: Vec<Value> = generations
         .iter()
@@ -617,6 +717,7 @@ async fn caption(State(s): Shared, request: Request) -> Result<Response, ApiErro
         "text": generations.first().map_or("", |g| g.text.as_str()),
         "generations": list,
         "usage": { "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens },
+        "timings": timings(&spent),
     }))
     .into_response())
 }

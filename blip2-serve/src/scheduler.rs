@@ -13,9 +13,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use blip2::image::DynamicImage;
-use blip2::{Blip2, Blip2Retrieval, Generation, GenerationConfig, Timings};
+use blip2::{Blip2, Blip2Retrieval, Generation, GenerationConfig, ImageEmbeddings};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::cache::{ImageCache, ImageKey};
 use crate::metrics::Metrics;
 
 /// The loaded model: a captioning / question-answering checkpoint or a retrieval one.
@@ -28,8 +29,19 @@ pub enum Loaded {
     Retrieval(Blip2Retrieval),
 }
 
+/// Where one generation request's time went on the model thread.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Spent {
+    /// Encoding its image (with the others of its batch); zero when the encoding was cached.
+    pub encode: Duration,
+    /// Whether its image's encoding came from the cache (an earlier request sent the same bytes).
+    pub image_cached: bool,
+    /// Generating: the prompt's prefill and decoding, for its whole batch.
+    pub generate: Duration,
+}
+
 /// What a whole (not streamed) generation request gets back.
-pub type Generated = blip2::Result<(Vec<Generation>, Timings)>;
+pub type Generated = blip2::Result<(Vec<Generation>, Spent)>;
 
 /// How a generation request wants its answer.
 pub enum Reply {
@@ -40,14 +52,22 @@ pub enum Reply {
         /// Each new piece of text; a closed receiver stops the generation.
         pieces: mpsc::UnboundedSender<String>,
         /// The generation, once finished or stopped.
-        done: oneshot::Sender<blip2::Result<Generation>>,
+        done: oneshot::Sender<blip2::Result<(Generation, Spent)>>,
     },
+}
+
+/// A decoded image and the key its encoding is cached under.
+pub struct ImageInput {
+    /// The key of the image file's bytes.
+    pub key: ImageKey,
+    /// The decoded image (not read when its encoding is cached).
+    pub image: DynamicImage,
 }
 
 /// One image to generate for.
 pub struct GenerateJob {
-    /// The decoded image.
-    pub image: DynamicImage,
+    /// The image.
+    pub image: ImageInput,
     /// The language model's prompt; empty to caption.
     pub prompt: String,
     /// Validated generation settings.
@@ -119,11 +139,13 @@ impl Queue {
     }
 }
 
-/// Starts the model thread with a queue of `capacity` waiting jobs.
+/// Starts the model thread with a queue of `capacity` waiting jobs, keeping the encodings of
+/// the last `image_cache` images.
 pub fn start(
     model: Arc<Loaded>,
     capacity: usize,
     batching: Batching,
+    image_cache: usize,
     metrics: Arc<Metrics>,
 ) -> Queue {
     let (tx, rx) = std::sync::mpsc::sync_channel(capacity);
@@ -133,6 +155,7 @@ pub fn start(
         batching,
         metrics: metrics.clone(),
         pending: VecDeque::new(),
+        cache: ImageCache::new(image_cache),
     };
     std::thread::Builder::new()
         .name("blip2-model".to_owned())
@@ -148,6 +171,17 @@ struct Worker {
     metrics: Arc<Metrics>,
     /// Jobs taken off the queue while a batch was collected that did not fit it.
     pending: VecDeque<Job>,
+    /// Encoded images, by the key of their bytes.
+    cache: ImageCache<ImageEmbeddings>,
+}
+
+/// A batch's images, encoded or taken from the cache.
+struct Encoded {
+    embeddings: ImageEmbeddings,
+    /// Time spent encoding the ones not cached.
+    encode: Duration,
+    /// Per image, whether it was cached.
+    cached: Vec<bool>,
 }
 
 impl Worker {
@@ -217,16 +251,49 @@ impl Worker {
         batch
     }
 
-    fn blip2(&self) -> Option<&Blip2> {
-        match self.model.as_ref() {
-            Loaded::Generation(m) => Some(m),
-            Loaded::Retrieval(_) => None,
+    /// The batch's images as one batch of embeddings: cached ones from the cache, the others
+    /// encoded together (and then cached).
+    fn encode(&mut self, blip2: &Blip2, images: &[&ImageInput]) -> blip2::Result<Encoded> {
+        let mut found: Vec<Option<ImageEmbeddings>> =
+            images.iter().map(|i| self.cache.get(&i.key)).collect();
+        let cached: Vec<bool> = found.iter().map(Option::is_some).collect();
+        let missing: Vec<usize> = (0..images.len()).filter(|&i| !cached[i]).collect();
+        self.metrics
+            .image_cache(images.len() - missing.len(), missing.len());
+        let mut fresh = None;
+        let mut encode = Duration::ZERO;
+        if !missing.is_empty() {
+            let start = Instant::now();
+            let pixels: Vec<DynamicImage> =
+                missing.iter().map(|&i| images[i].image.clone()).collect();
+            let encoded = blip2.encode_images(&pixels)?;
+            for (n, &i) in missing.iter().enumerate() {
+                let one = encoded.image(n)?;
+                self.cache.insert(images[i].key, one.clone());
+                found[i] = Some(one);
+            }
+            fresh = Some(encoded);
+            encode = start.elapsed();
         }
+        let embeddings = match fresh {
+            // Nothing was cached: the batch as encoded.
+            Some(all) if missing.len() == images.len() => all,
+            _ => {
+                let parts: Vec<ImageEmbeddings> = found.into_iter().flatten().collect();
+                ImageEmbeddings::concat(&parts)?
+            }
+        };
+        Ok(Encoded {
+            embeddings,
+            encode,
+            cached,
+        })
     }
 
-    fn generate_batch(&self, batch: Vec<GenerateJob>) {
+    fn generate_batch(&mut self, batch: Vec<GenerateJob>) {
         let batch: Vec<GenerateJob> = batch.into_iter().filter(|j| !j.abandoned()).collect();
-        let Some(blip2) = self.blip2() else {
+        let model = self.model.clone();
+        let Loaded::Generation(blip2) = model.as_ref() else {
             return;
         };
         if batch.is_empty() {
@@ -235,15 +302,39 @@ impl Worker {
         if batch.len() == 1 {
             return self.generate_alone(batch.into_iter().next().expect("one job"));
         }
-        let images: Vec<DynamicImage> = batch.iter().map(|j| j.image.clone()).collect();
+        let images: Vec<&ImageInput> = batch.iter().map(|j| &j.image).collect();
         let prompts: Vec<&str> = batch.iter().map(|j| j.prompt.as_str()).collect();
-        match blip2.generate_timed(&images, &prompts, &batch[0].config) {
-            Ok((out, timings)) => {
+        let result = self.encode(blip2, &images).and_then(|encoded| {
+            let start = Instant::now();
+            let (out, timings) = blip2.generate_from_embeddings_timed(
+                &encoded.embeddings,
+                &prompts,
+                &batch[0].config,
+            )?;
+            Ok((out, timings, encoded, start.elapsed()))
+        });
+        match result {
+            Ok((out, timings, encoded, generate)) => {
                 let tokens = out.iter().flatten().map(|g| g.token_ids.len()).sum();
+                let timings = blip2::Timings {
+                    encode: encoded.encode,
+                    ..timings
+                };
                 self.metrics.batch(batch.len(), &timings, tokens);
-                for (job, generations) in batch.into_iter().zip(out) {
+                for ((job, generations), image_cached) in
+                    batch.into_iter().zip(out).zip(encoded.cached)
+                {
+                    let spent = Spent {
+                        encode: if image_cached {
+                            Duration::ZERO
+                        } else {
+                            encoded.encode
+                        },
+                        image_cached,
+                        generate,
+                    };
                     if let Reply::Whole(tx) = job.reply {
-                        let _ = tx.send(Ok((generations, timings)));
+                        let _ = tx.send(Ok((generations, spent)));
                     }
                 }
             }
@@ -257,37 +348,57 @@ impl Worker {
         }
     }
 
-    fn generate_alone(&self, job: GenerateJob) {
-        let Some(blip2) = self.blip2() else {
+    fn generate_alone(&mut self, job: GenerateJob) {
+        let model = self.model.clone();
+        let Loaded::Generation(blip2) = model.as_ref() else {
             return;
         };
         if job.abandoned() {
             return;
         }
-        let image = std::slice::from_ref(&job.image);
+        let encoded = self.encode(blip2, &[&job.image]);
+        let spent = |encoded: &Encoded, start: Instant| Spent {
+            encode: encoded.encode,
+            image_cached: encoded.cached[0],
+            generate: start.elapsed(),
+        };
         match job.reply {
             Reply::Whole(tx) => {
-                let result = blip2.generate_timed(image, &[job.prompt.as_str()], &job.config);
-                let result = result.map(|(mut out, timings)| {
+                let result = encoded.and_then(|encoded| {
+                    let start = Instant::now();
+                    let (mut out, timings) = blip2.generate_from_embeddings_timed(
+                        &encoded.embeddings,
+                        &[job.prompt.as_str()],
+                        &job.config,
+                    )?;
                     let generations = out.pop().unwrap_or_default();
                     let tokens = generations.iter().map(|g| g.token_ids.len()).sum();
+                    let timings = blip2::Timings {
+                        encode: encoded.encode,
+                        ..timings
+                    };
                     self.metrics.batch(1, &timings, tokens);
-                    (generations, timings)
+                    Ok((generations, spent(&encoded, start)))
                 });
                 let _ = tx.send(result);
             }
             Reply::Stream { pieces, done } => {
                 let prompt = (!job.prompt.is_empty()).then_some(job.prompt.as_str());
-                let result = blip2.generate_stream(&job.image, prompt, &job.config, &mut |piece| {
-                    match pieces.send(piece.to_owned()) {
-                        Ok(()) => ControlFlow::Continue(()),
-                        // The client went away.
-                        Err(_) => ControlFlow::Break(()),
-                    }
+                let result = encoded.and_then(|encoded| {
+                    let start = Instant::now();
+                    let generation = blip2.generate_stream_from_embeddings(
+                        &encoded.embeddings,
+                        prompt,
+                        &job.config,
+                        &mut |piece| match pieces.send(piece.to_owned()) {
+                            Ok(()) => ControlFlow::Continue(()),
+                            // The client went away.
+                            Err(_) => ControlFlow::Break(()),
+                        },
+                    )?;
+                    self.metrics.streamed(generation.token_ids.len());
+                    Ok((generation, spent(&encoded, start)))
                 });
-                if let Ok(g) = &result {
-                    self.metrics.streamed(g.token_ids.len());
-                }
                 let _ = done.send(result);
             }
         }

@@ -741,16 +741,188 @@ fn remote_images_are_fetched_when_allowed() {
     server.stop().unwrap();
 }
 
-/// The server's count of generated tokens (`blip2_generated_tokens_total`).
-fn generated_tokens(addr: SocketAddr) -> u64 {
+/// A counter of the server's `/metrics`.
+fn counter(addr: SocketAddr, name: &str) -> u64 {
     let (_, metrics) = get(addr, "/metrics");
     metrics
         .lines()
-        .find_map(|l| l.strip_prefix("blip2_generated_tokens_total "))
-        .unwrap_or_else(|| panic!("no token count in {metrics}"))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name} in {metrics}"))
         .trim()
         .parse()
         .unwrap()
+}
+
+/// The server's count of generated tokens.
+fn generated_tokens(addr: SocketAddr) -> u64 {
+    counter(addr, "blip2_generated_tokens_total")
+}
+
+/// The image-cache counters: (hits, misses).
+fn image_cache(addr: SocketAddr) -> (u64, u64) {
+    (
+        counter(addr, "blip2_image_cache_hits_total"),
+        counter(addr, "blip2_image_cache_misses_total"),
+    )
+}
+
+/// A question about an image sent before reuses its encoding, alone, streamed and batched with
+/// an image not seen before (the batch then concatenates a cached encoding with a fresh one),
+/// and every answer is still the library's.
+#[test]
+fn a_second_question_about_an_image_reuses_its_encoding() {
+    let mut c = config();
+    // Long enough for the two concurrent requests below to meet in one batch.
+    c.max_wait = Duration::from_millis(1000);
+    let server = start(c, "tiny-opt");
+    let addr = server.addr();
+    let model = library_model();
+    let (image, other) = (IMAGES[0], IMAGES[1]);
+
+    let (status, first) = post_json(addr, "/v1/chat/completions", &chat(image, ""));
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["timings"]["image_cached"], json!(false), "{first}");
+    assert_eq!(image_cache(addr), (0, 1));
+
+    let (_, again) = post_json(addr, "/v1/chat/completions", &chat(image, "what is it?"));
+    assert_eq!(again["timings"]["image_cached"], json!(true), "{again}");
+    assert_eq!(again["timings"]["encode_ms"], json!(0.0), "{again}");
+    assert_eq!(answer(&again), library_text(&model, image, "what is it?"));
+    assert_eq!(image_cache(addr), (1, 1));
+
+    let mut streamed = chat(image, "and now?");
+    streamed["stream"] = json!(true);
+    let (status, body) = request(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        &[("Content-Type", "application/json")],
+        streamed.to_string().as_bytes(),
+    );
+    assert_eq!(status, 200, "{body}");
+    let events = sse_data(&body);
+    let last: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+    assert_eq!(last["timings"]["image_cached"], json!(true), "{last}");
+    assert_eq!(image_cache(addr), (2, 1));
+
+    let answers: Vec<(Value, String)> = std::thread::scope(|scope| {
+        let jobs: Vec<_> = [(image, "is it red?"), (other, "is it red?")]
+            .map(|(img, q)| {
+                scope.spawn(move || post_json(addr, "/v1/chat/completions", &chat(img, q)))
+            })
+            .into_iter()
+            .collect();
+        jobs.into_iter()
+            .zip([image, other])
+            .map(|(job, img)| {
+                let (status, response) = job.join().unwrap();
+                assert_eq!(status, 200, "{response}");
+                (response, library_text(&model, img, "is it red?"))
+            })
+            .collect()
+    });
+    for (response, want) in &answers {
+        assert_eq!(&answer(response), want, "{response}");
+    }
+    let cached: Vec<&Value> = answers
+        .iter()
+        .map(|(r, _)| &r["timings"]["image_cached"])
+        .collect();
+    assert_eq!(cached, [&json!(true), &json!(false)]);
+    assert_eq!(image_cache(addr), (3, 2));
+    // Four generate calls for five requests: the last two were one batch.
+    assert_eq!(counter(addr, "blip2_batch_size_count"), 4);
+    server.stop().unwrap();
+}
+
+/// With a cache of 0 every request encodes its image.
+#[test]
+fn an_image_cache_of_zero_encodes_every_time() {
+    let mut c = config();
+    c.image_cache = 0;
+    let server = start(c, "tiny-opt");
+    let addr = server.addr();
+    for _ in 0..2 {
+        let (_, response) = post_json(addr, "/v1/chat/completions", &chat(IMAGES[0], ""));
+        assert_eq!(
+            response["timings"]["image_cached"],
+            json!(false),
+            "{response}"
+        );
+    }
+    assert_eq!(image_cache(addr), (0, 2));
+    server.stop().unwrap();
+}
+
+/// `/v1/info` says what is loaded and the limits; the page is served only when asked, with a
+/// policy that keeps it on this origin, and without the API key (its API calls need it).
+#[test]
+fn info_and_the_page() {
+    let mut c = config();
+    c.ui = true;
+    c.api_key = Some("sesame".to_owned());
+    c.max_body_bytes = 123_456;
+    let server = start(c, "tiny-opt");
+    let addr = server.addr();
+    let (status, _) = get(addr, "/v1/info");
+    assert_eq!(status, 401);
+    let (status, body) = request(
+        addr,
+        "GET",
+        "/v1/info",
+        &[("Authorization", "Bearer sesame")],
+        &[],
+    );
+    assert_eq!(status, 200, "{body}");
+    let info: Value = serde_json::from_str(&body).unwrap();
+    let model = library_model();
+    let defaults = model.generation_config();
+    assert_eq!(info["model"], json!("tiny"));
+    assert_eq!(info["kind"], json!("generation"));
+    assert_eq!(info["family"], json!("blip-2"));
+    assert_eq!(info["language_model"], json!("opt"));
+    assert_eq!(info["backend"], json!("flex"));
+    assert_eq!(info["dtype"], json!("f32"));
+    assert_eq!(info["limits"]["max_body_bytes"], json!(123_456));
+    assert_eq!(info["defaults"]["num_beams"], json!(defaults.num_beams));
+    assert_eq!(info["defaults"]["do_sample"], json!(defaults.do_sample));
+
+    for (path, kind) in [
+        ("/", "text/html"),
+        ("/ui/app.js", "text/javascript"),
+        ("/ui/style.css", "text/css"),
+    ] {
+        let (status, head) = head_of(addr, path);
+        assert_eq!(status, 200, "{path}");
+        assert!(
+            head.contains(&format!("content-type: {kind}")),
+            "{path}: {head}"
+        );
+        assert!(
+            head.contains("content-security-policy: default-src 'none'"),
+            "{head}"
+        );
+    }
+    server.stop().unwrap();
+
+    let server = start(config(), "tiny-opt");
+    assert_eq!(get(server.addr(), "/").0, 404, "no page unless asked");
+    server.stop().unwrap();
+}
+
+/// The status and the lowercased response head of a GET.
+fn head_of(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    let head = text.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, head)
 }
 
 /// A client that goes away in the middle of a stream stops its generation: of the 20000 tokens
