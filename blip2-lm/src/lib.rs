@@ -54,7 +54,6 @@ pub trait LanguageModel: Send + Sync {
     fn reorder(&self, state: &mut Self::State, rows: &[usize]);
 }
 
-/// Checks a prefill's inputs: at least one row, a non-empty prompt, and a mask of the same shape.
 /// Runs a one-token prompt through `lm` and reads its logits back: an error, rather than a
 /// failure in the middle of generation, when the device cannot hold or run the model (GPU drivers
 /// that refuse buffers larger than their binding limit only say so when results are read).
@@ -74,6 +73,7 @@ pub fn read_back<const D: usize>(t: Tensor<D>) -> Result<burn::tensor::TensorDat
     })
 }
 
+/// Checks a prefill's inputs: at least one row, a non-empty prompt, and a mask of the same shape.
 pub(crate) fn check_prompt(
     embeds: &Tensor<3>,
     attention_mask: &[Vec<bool>],

@@ -241,6 +241,19 @@ fn sse_data(body: &str) -> Vec<String> {
         .collect()
 }
 
+/// The `data:` payloads of a streamed chat completion (status 200 asserted).
+fn stream_events(addr: SocketAddr, body: &Value) -> Vec<String> {
+    let (status, text) = request(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        &[("Content-Type", "application/json")],
+        body.to_string().as_bytes(),
+    );
+    assert_eq!(status, 200, "{text}");
+    sse_data(&text)
+}
+
 #[test]
 fn streamed_chunks_concatenate_to_the_whole_answer() {
     let server = start(config(), "tiny-opt");
@@ -250,15 +263,7 @@ fn streamed_chunks_concatenate_to_the_whole_answer() {
         let mut body = chat(image, question);
         body["stream"] = json!(true);
         body["stream_options"] = json!({ "include_usage": true });
-        let (status, text) = request(
-            addr,
-            "POST",
-            "/v1/chat/completions",
-            &[("Content-Type", "application/json")],
-            body.to_string().as_bytes(),
-        );
-        assert_eq!(status, 200, "{text}");
-        let events = sse_data(&text);
+        let events = stream_events(addr, &body);
         assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
         let chunks: Vec<Value> = events[..events.len() - 1]
             .iter()
@@ -792,15 +797,7 @@ fn a_second_question_about_an_image_reuses_its_encoding() {
 
     let mut streamed = chat(image, "and now?");
     streamed["stream"] = json!(true);
-    let (status, body) = request(
-        addr,
-        "POST",
-        "/v1/chat/completions",
-        &[("Content-Type", "application/json")],
-        streamed.to_string().as_bytes(),
-    );
-    assert_eq!(status, 200, "{body}");
-    let events = sse_data(&body);
+    let events = stream_events(addr, &streamed);
     let last: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
     assert_eq!(last["timings"]["image_cached"], json!(true), "{last}");
     assert_eq!(image_cache(addr), (2, 1));
