@@ -279,8 +279,11 @@ impl Worker {
             // Nothing was cached: the batch as encoded.
             Some(all) if missing.len() == images.len() => all,
             _ => {
-                let parts: Vec<ImageEmbeddings> = found.into_iter().flatten().collect();
-                ImageEmbeddings::concat(&parts)?
+                let mut parts: Vec<ImageEmbeddings> = found.into_iter().flatten().collect();
+                match parts.len() {
+                    1 => parts.pop().expect("one part"),
+                    _ => ImageEmbeddings::concat(&parts)?,
+                }
             }
         };
         Ok(Encoded {

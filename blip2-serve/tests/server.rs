@@ -1009,15 +1009,7 @@ fn instructblip_answers_as_the_library_does() {
         );
         let mut body = chat("rgb_96x64.png", question);
         body["stream"] = json!(true);
-        let (status, text) = request(
-            addr,
-            "POST",
-            "/v1/chat/completions",
-            &[("Content-Type", "application/json")],
-            body.to_string().as_bytes(),
-        );
-        assert_eq!(status, 200, "{text}");
-        let streamed: String = sse_data(&text)
+        let streamed: String = stream_events(addr, &body)
             .iter()
             .filter(|d| *d != "[DONE]")
             .filter_map(|d| {
