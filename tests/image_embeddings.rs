@@ -4,17 +4,14 @@
 //! the public API from its committed HF folder: tiny-opt (fp16, sharded), tiny-t5 (bf16, q/v
 //! biases), tiny-itm (f32, retrieval, no projection).
 
-use std::path::PathBuf;
+mod common;
 
 use blip2::preprocess::{load_image, ImageLimits};
 use blip2::{Checkpoint, Device, Error, ImageEncoder, Tensor, WeightDType};
+use common::fixtures;
 use safetensors::SafeTensors;
 
 const TOLERANCE: f32 = 1e-4;
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
 
 #[derive(serde::Deserialize)]
 struct Meta {

@@ -2,17 +2,15 @@
 //! tiny-itm fixture: a 3×3 grid of images × texts (`goldens.json` "retrieval",
 //! `goldens.safetensors` itc_* / itm_*, written by tools/parity/make_fixtures.py).
 
-use std::path::PathBuf;
+mod common;
+
 use std::sync::OnceLock;
 
 use blip2::preprocess::{load_image, ImageLimits};
 use blip2::{Blip2, Blip2Retrieval, Error, ErrorKind};
+use common::fixtures;
 use safetensors::SafeTensors;
 use serde_json::Value;
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
 
 fn model() -> &'static Blip2Retrieval {
     static MODEL: OnceLock<Blip2Retrieval> = OnceLock::new();
@@ -255,7 +253,7 @@ fn loading_uses_every_stored_tensor() {
     // Extra tensors are only warned about; the fixtures have none, so each model's loader reads
     // every tensor transformers saved for it.
     for (name, retrieval) in [("tiny-opt", false), ("tiny-t5", false), ("tiny-itm", true)] {
-        let dir = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+        let dir = fixtures().join(name);
         let checkpoint = blip2::Checkpoint::open(&dir, None).unwrap();
         let device = blip2::Device::default();
         if retrieval {

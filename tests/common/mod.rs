@@ -14,8 +14,14 @@ use burn::tensor::{Bool, TensorData};
 use safetensors::SafeTensors;
 use serde_json::Value;
 
+/// The committed fixtures: under `$CARGO_MANIFEST_DIR` at run time when it is set (cargo sets it
+/// for `cargo test`; scripts/gpu-check.sh sets it for test binaries built on another machine and
+/// carried to this one), else where the tests were built.
 pub fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+        .join("tests/fixtures")
 }
 
 /// The loaded tiny model of a fixture folder, shared by the tests of one binary.
