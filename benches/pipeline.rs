@@ -79,6 +79,12 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Reports one figure on stderr as soon as it is measured (`measured NAME SECONDS`), so a run
+/// stopped by a time limit still leaves what it had measured (scripts/gpu-check.sh keeps it).
+fn progress(name: &str, seconds: f64) {
+    eprintln!("measured {name} {seconds:.6}");
+}
+
 /// Peak resident set size of this process, from /proc (Linux only).
 fn peak_rss_gib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -111,6 +117,7 @@ fn run(args: &Args) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
         .dtype(args.dtype)
         .build()?;
     let load_s = start.elapsed().as_secs_f64();
+    progress("load_s", load_s);
 
     let image = load_image(&args.image, ImageLimits::default())?;
     let mut config: GenerationConfig = model.generation_config().clone();
@@ -131,6 +138,7 @@ fn run(args: &Args) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
         Ok(median(times))
     };
     let encode_s = time(&mut || model.encode_pixels(&pixels).map(drop))?;
+    progress("encode_s", encode_s);
 
     let images = std::slice::from_ref(&image);
     let mut phases: Vec<Timings> = Vec::new();
@@ -152,11 +160,14 @@ fn run(args: &Args) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
             .map(|d: Duration| d.as_secs_f64())
             .collect(),
     );
+    progress("prefill_s", prefill_s);
+    progress("decode_s_per_token", decode_s_per_token);
 
     let mut batch = serde_json::Map::new();
     for &b in &args.batches {
         let many = vec![image.clone(); b];
         let seconds = time(&mut || model.generate(&many, NO_PROMPTS, &config).map(drop))?;
+        progress(&format!("batch_{b}_s"), seconds);
         batch.insert(
             b.to_string(),
             json!({ "seconds": seconds, "images_per_s": b as f64 / seconds }),
