@@ -11,7 +11,9 @@ use burn::tensor::{Bool, Device, Tensor, TensorData};
 use crate::cache::KvCache;
 use crate::LanguageModel;
 
-/// `T5LayerNorm`: RMS normalisation (no mean, no bias), variance in f32.
+/// `T5LayerNorm`: RMS normalisation (no mean, no bias). transformers computes the variance in
+/// f32 whatever the weights' dtype; here it is computed in the input's dtype, which is always f32
+/// because T5 only runs in f32 in this crate (docs/backends.md, "Precision").
 #[derive(Module, Debug)]
 pub struct T5LayerNorm {
     weight: Param<Tensor<1>>,

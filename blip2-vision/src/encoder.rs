@@ -1,4 +1,6 @@
-//! `Blip2EncoderLayer` (pre-norm transformer block), `Blip2MLP` and `Blip2Encoder`.
+//! `Blip2EncoderLayer` (pre-norm transformer block) and `Blip2Mlp` (transformers' `Blip2MLP`).
+//! transformers' `Blip2Encoder`, the stack of layers, is the `layers` field of
+//! [`Blip2VisionModel`](crate::Blip2VisionModel).
 
 use blip2_core::config::{Activation, VisionConfig};
 use blip2_core::error::Result;

@@ -2,7 +2,7 @@
 //!
 //! One module per transformers module, weights read by their transformers names:
 //! [`embeddings`] (`Blip2VisionEmbeddings`), [`attention`] (`Blip2Attention`), [`encoder`]
-//! (`Blip2EncoderLayer`, `Blip2MLP`), [`model`] (`Blip2VisionModel`). Backend-agnostic: everything
+//! (`Blip2EncoderLayer`, `Blip2Mlp`), [`model`] (`Blip2VisionModel`). Backend-agnostic: everything
 //! takes a burn `Device`.
 #![warn(missing_docs)]
 

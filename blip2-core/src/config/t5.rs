@@ -7,9 +7,9 @@ use crate::error::{Error, Result};
 
 /// The T5 encoder-decoder's configuration, as stored in `config.json`.
 ///
-/// Omitted fields take transformers' `T5Config` defaults. The feed-forward activation is not a
-/// stored field: it is derived from `feed_forward_proj` by [`T5Config::feed_forward`], exactly as
-/// transformers derives it (a `dense_act_fn` key in the file is ignored, as transformers ignores it).
+/// Omitted fields take transformers' `T5Config` defaults. The feed-forward block is resolved by
+/// [`T5Config::feed_forward`] as transformers resolves it: gated or not from `feed_forward_proj`,
+/// the activation from the file's `dense_act_fn` when it has one, else from `feed_forward_proj`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default)]
 pub struct T5Config {
