@@ -69,7 +69,8 @@ if [ "$MODE" = bundle ]; then
   done
   # The Vulkan loader, for a GPU machine whose driver is installed without it (the loader is a
   # distribution package, libvulkan1; the driver brings only its ICD).
-  loader=$(ldconfig -p 2>/dev/null | awk '/libvulkan\.so\.1 /{print $NF; exit}')
+  # (awk reads to the end: exiting early would kill ldconfig with SIGPIPE, fatal under pipefail.)
+  loader=$(ldconfig -p 2>/dev/null | awk '/libvulkan\.so\.1 / && !p {p = $NF} END {print p}')
   if [ -n "$loader" ]; then cp -L "$loader" target/gpu-bundle/lib/libvulkan.so.1; fi
   echo "$(commit)$(git -C "$REPO" diff --quiet HEAD 2>/dev/null || echo '-dirty')" > target/gpu-bundle/COMMIT
   echo "== pack"
@@ -151,7 +152,7 @@ part machine "{\"gpu\": $gpu, \"cpu\": $(json_str "$cpu"), \"cores\": $(nproc), 
 # Vulkan drivers (ICD manifests) it would find.
 find_lib() {
   local hit
-  hit=$(ldconfig -p 2>/dev/null | awk -v l="$1" 'index($1, l) == 1 {print $NF; exit}')
+  hit=$(ldconfig -p 2>/dev/null | awk -v l="$1" 'index($1, l) == 1 && !p {p = $NF} END {print p}')
   if [ -z "$hit" ]; then
     hit=$(ls /usr/lib/x86_64-linux-gnu/"$1"* /usr/lib64/"$1"* /usr/local/cuda*/lib64/"$1"* \
       /usr/local/cuda*/targets/x86_64-linux/lib/"$1"* 2>/dev/null | head -1)
