@@ -146,7 +146,10 @@ else
   echo "   nvidia-smi failed: $line"
 fi
 cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')
-part machine "{\"gpu\": $gpu, \"cpu\": $(json_str "$cpu"), \"cores\": $(nproc), \"commit\": $(json_str "$(commit)")}"
+# The bundle's binaries need glibc 2.35 or later (they are built on Debian 12).
+glibc=$(getconf GNU_LIBC_VERSION 2>/dev/null || echo unknown)
+echo "   $glibc (the bundle needs 2.35 or later)"
+part machine "{\"gpu\": $gpu, \"cpu\": $(json_str "$cpu"), \"cores\": $(nproc), \"glibc\": $(json_str "$glibc"), \"commit\": $(json_str "$(commit)")}"
 
 # Which libraries the backends would load: CUDA's driver and NVRTC, the Vulkan loader and the
 # Vulkan drivers (ICD manifests) it would find.
