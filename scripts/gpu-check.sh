@@ -118,7 +118,7 @@ step() {
   [ "$limit" -lt "$max" ] || limit=$max
   if [ "$limit" -lt 5 ]; then
     echo "== $name: skipped (budget of ${BUDGET}s spent)"
-    STEP_RC=124; STEP_S=0
+    STEP_RC=124; STEP_S=0; status=1
     return
   fi
   echo "== $name (limit ${limit}s)"
