@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use blip2_kernels::{bf16, f16, linear_at, Level, Weight};
+use blip2_kernels::{bf16, f16, linear_at, linear_int8_at, Int8Matrix, Level, Weight};
 
 /// A weight type the bench can fill.
 trait Fill: Weight {
@@ -47,6 +47,7 @@ fn main() {
             bench::<f32>(level, out, d_in);
             bench::<f16>(level, out, d_in);
             bench::<bf16>(level, out, d_in);
+            bench_int8(level, out, d_in);
         }
     }
 }
@@ -74,14 +75,45 @@ fn bench<W: Fill>(level: Level, out: usize, d_in: usize) {
                 best = best.min(t.elapsed().as_secs_f64());
             }
         }
-        println!(
-            "{level:?}\t{}\t[{rows}, {d_in}] x [{out}, {d_in}]ᵀ\t{:.3} ms\t{:.1} GB/s\t{:.1} GFLOP/s",
-            W::NAME,
-            best * 1e3,
-            bytes as f64 / 1e9 / best,
-            2.0 * (rows * out * d_in) as f64 / best / 1e9
-        );
+        report(level, W::NAME, rows, out, d_in, bytes, best);
     }
+}
+
+/// As [`bench`], for an int8 weight (its scales included in the bytes read).
+fn bench_int8(level: Level, out: usize, d_in: usize) {
+    let bytes = out * d_in + 4 * out;
+    let copies = (1usize << 30).div_ceil(bytes);
+    let weights: Vec<Int8Matrix> = (0..copies)
+        .map(|c| {
+            let w: Vec<f32> = (0..out * d_in)
+                .map(|i| ((i + c) % 97) as f32 * 0.01 - 0.48)
+                .collect();
+            Int8Matrix::quantize(&w, d_in).expect("finite")
+        })
+        .collect();
+    for rows in [1, 8] {
+        let x: Vec<f32> = (0..rows * d_in).map(|i| (i % 13) as f32 * 0.1).collect();
+        let mut y = vec![0f32; rows * out];
+        let mut best = f64::INFINITY;
+        for call in 0..20 + copies {
+            let w = &weights[call % copies];
+            let t = Instant::now();
+            linear_int8_at(level, &x, w, None, &mut y);
+            if call >= copies {
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+        }
+        report(level, "int8", rows, out, d_in, bytes, best);
+    }
+}
+
+fn report(level: Level, name: &str, rows: usize, out: usize, d_in: usize, bytes: usize, best: f64) {
+    println!(
+        "{level:?}\t{name}\t[{rows}, {d_in}] x [{out}, {d_in}]ᵀ\t{:.3} ms\t{:.1} GB/s\t{:.1} GFLOP/s",
+        best * 1e3,
+        bytes as f64 / 1e9 / best,
+        2.0 * (rows * out * d_in) as f64 / best / 1e9
+    );
 }
 
 /// The machine's streaming read bandwidth, the reference for the figures below.

@@ -2,6 +2,8 @@
 //! of `x` (one decoding step, a few beams, a small batch) and a weight in PyTorch's `[out, in]`
 //! row-major layout, read in place. The weight and bias are f32, f16 or bf16 ([`Weight`]),
 //! widened to f32 in registers; the input and output are f32 and every sum is taken in f32.
+//! A weight can also be quantized once to int8 with a scale per output row ([`Int8Matrix`],
+//! [`linear_int8`]): a quarter of f32's bytes to stream per product.
 //!
 //! These products are bound by memory: every weight byte is read once per call, so the kernel
 //! streams the weight's rows (four at a time) and keeps the input rows in cache. The output rows
@@ -15,12 +17,15 @@
 
 #![warn(missing_docs)]
 
+mod huge;
+mod int8;
 mod portable;
 mod weight;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
 pub use half::{bf16, f16};
+pub use int8::{linear_int8, linear_int8_at, Int8Matrix, QuantizeError};
 pub use weight::Weight;
 
 use std::sync::OnceLock;
@@ -152,7 +157,7 @@ pub fn linear_at<W: Weight>(
     // One row (a decoding step): `[out, 1]` is `y`'s own layout, so the products go straight
     // into it, with no scratch buffer and no transposition.
     if rows == 1 {
-        products(level, x, w, d_in, rows, y);
+        products(level, x, w, None, d_in, rows, y);
         if let Some(b) = bias {
             y.iter_mut().zip(b).for_each(|(v, b)| *v += b.to_f32());
         }
@@ -160,7 +165,7 @@ pub fn linear_at<W: Weight>(
     }
     // Transposed output, `[out, rows]`: each thread writes one contiguous block of it.
     let mut yt = vec![0f32; out * rows];
-    products(level, x, w, d_in, rows, &mut yt);
+    products(level, x, w, None, d_in, rows, &mut yt);
     for r in 0..rows {
         let row = &mut y[r * out..(r + 1) * out];
         for (o, v) in row.iter_mut().enumerate() {
@@ -169,8 +174,17 @@ pub fn linear_at<W: Weight>(
     }
 }
 
-/// `yt[o][r] = Σ_k x[r][k] w[o][k]` for every output, in contiguous blocks over rayon's pool.
-fn products<W: Weight>(level: Level, x: &[f32], w: &[W], d_in: usize, rows: usize, yt: &mut [f32]) {
+/// `yt[o][r] = Σ_k x[r][k] w[o][k]` (each `w[o][k]` times `scale[o]` with a `scale`) for every
+/// output, in contiguous blocks over rayon's pool.
+pub(crate) fn products<W: Weight>(
+    level: Level,
+    x: &[f32],
+    w: &[W],
+    scale: Option<&[f32]>,
+    d_in: usize,
+    rows: usize,
+    yt: &mut [f32],
+) {
     let out = yt.len() / rows;
     let threads = rayon::current_num_threads().max(1);
     // Blocks of a multiple of 4 outputs (the micro-kernel's width), about one per thread; tiny
@@ -184,20 +198,29 @@ fn products<W: Weight>(level: Level, x: &[f32], w: &[W], d_in: usize, rows: usiz
             let first = block * per;
             let n = yt.len() / rows;
             let w = &w[first * d_in..(first + n) * d_in];
-            block_at(level, x, w, d_in, rows, yt);
+            let scale = scale.map(|s| &s[first..first + n]);
+            block_at(level, x, w, scale, d_in, rows, yt);
         });
 }
 
-/// One block of outputs: `yt[o][r] = Σ_k x[r][k] w[o][k]`.
-fn block_at<W: Weight>(level: Level, x: &[f32], w: &[W], d_in: usize, rows: usize, yt: &mut [f32]) {
+/// One block of outputs: `yt[o][r] = Σ_k x[r][k] w[o][k]` (times `scale[o]`).
+fn block_at<W: Weight>(
+    level: Level,
+    x: &[f32],
+    w: &[W],
+    scale: Option<&[f32]>,
+    d_in: usize,
+    rows: usize,
+    yt: &mut [f32],
+) {
     match level {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `linear_f32_at` checked that the CPU runs `level`.
-        Level::Avx512 => unsafe { x86::avx512::block(x, w, d_in, rows, yt) },
+        // SAFETY: `linear_at` and `linear_int8_at` checked that the CPU runs `level`.
+        Level::Avx512 => unsafe { x86::avx512::block(x, w, scale, d_in, rows, yt) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        Level::Avx2 => unsafe { x86::avx2::block(x, w, d_in, rows, yt) },
-        _ => portable::block(x, w, d_in, rows, yt),
+        Level::Avx2 => unsafe { x86::avx2::block(x, w, scale, d_in, rows, yt) },
+        _ => portable::block(x, w, scale, d_in, rows, yt),
     }
 }
 
@@ -372,6 +395,137 @@ mod tests {
             };
             assert_eq!(run(1, false), run(3, false), "{level:?}");
             assert_eq!(run(1, true), run(2, true), "{level:?} bf16");
+        }
+    }
+
+    /// An int8 weight quantized from values in [-1, 1), with some rows scaled up or down so
+    /// the scales differ.
+    fn int8_weight(out: usize, d_in: usize, seed: u64) -> Int8Matrix {
+        let mut w = values(out * d_in, seed);
+        for (o, row) in w.chunks_mut(d_in).enumerate() {
+            let f = [1.0, 3.5, 0.01, 250.0][o % 4];
+            row.iter_mut().for_each(|v| *v *= f);
+        }
+        Int8Matrix::quantize(&w, d_in).unwrap()
+    }
+
+    fn check_int8(level: Level, rows: usize, out: usize, d_in: usize, with_bias: bool) {
+        let x = values(rows * d_in, 11 + rows as u64);
+        let w = int8_weight(out, d_in, 5 + out as u64 * 17 + d_in as u64);
+        let b = values(out, 9);
+        let bias = with_bias.then_some(b.as_slice());
+        let mut y = vec![f32::NAN; rows * out];
+        linear_int8_at(level, &x, &w, bias, &mut y);
+        // The weight the products must use: each q·scale rounded to f32, as dequantize gives.
+        let dq = w.dequantize();
+        // Bit for bit the f32 kernel's result on the dequantized weight: the same products, in
+        // the same order.
+        let mut f32_y = vec![f32::NAN; rows * out];
+        linear_at(level, &x, &dq, bias, d_in, &mut f32_y);
+        assert_eq!(
+            y.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            f32_y.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            "{level:?} int8 rows {rows} out {out} in {d_in}: not the f32 kernel's bits"
+        );
+        for r in 0..rows {
+            for o in 0..out {
+                let wr = &dq[o * d_in..(o + 1) * d_in];
+                let xr = &x[r * d_in..(r + 1) * d_in];
+                let dot: f64 = xr
+                    .iter()
+                    .zip(wr)
+                    .map(|(&a, &v)| f64::from(a) * f64::from(v))
+                    .sum();
+                let size: f64 = xr
+                    .iter()
+                    .zip(wr)
+                    .map(|(&a, &v)| f64::from(a.abs() * v.abs()))
+                    .sum();
+                let want = dot + bias.map_or(0.0, |b| f64::from(b[o]));
+                let got = f64::from(y[r * out + o]);
+                // The f32 sum: d_in roundings of partial sums of size <= `size`, and the bias.
+                let bound = 1e-7 * (d_in as f64 + 2.0) * size + 1.2e-7 * want.abs() + 1e-30;
+                assert!(
+                    (got - want).abs() <= bound,
+                    "{level:?} int8 rows {rows} out {out} in {d_in}: y = {got}, want {want}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_level_matches_the_reference_at_every_tail_shape_int8() {
+        for level in levels() {
+            for d_in in (1..=40).chain([63, 64, 65, 127, 129, 257]) {
+                for out in [1, 2, 3, 4, 5, 7, 8, 9, 17] {
+                    for rows in [1, 2, 3, 4, 5, 8, 9, 16, 17, 33] {
+                        check_int8(level, rows, out, d_in, (d_in + out) % 2 == 1);
+                    }
+                }
+            }
+            check_int8(level, 1, 1030, 2560, true);
+            check_int8(level, 3, 2049, 96, false);
+        }
+    }
+
+    /// The quantization rule on values where it is easy to follow: absmax 127 makes the scale
+    /// exactly 1, so q is the value rounded half to even.
+    #[test]
+    fn int8_quantization_rounds_half_to_even_per_row() {
+        let w = [
+            127.0, 2.5, 3.5, -2.5, -0.5, 0.5, 1.5, -127.0, //
+            0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, //
+            -0.25, 0.125, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
+        ];
+        let m = Int8Matrix::quantize(&w, 8).unwrap();
+        assert_eq!((m.d_out(), m.d_in()), (3, 8));
+        assert_eq!(m.scales(), &[1.0, 1.0, 0.25 / 127.0]);
+        assert_eq!(&m.values()[..8], &[127, 2, 4, -2, 0, 0, 2, -127]);
+        assert_eq!(&m.values()[8..16], &[0; 8]);
+        // 0.125 / (0.25 / 127) = 63.5 in f32: ties to even gives 64.
+        assert_eq!(&m.values()[16..18], &[-127, 64]);
+        let d = m.dequantize();
+        assert_eq!(d[1], 2.0);
+        assert_eq!(d[17], 64.0 * (0.25f32 / 127.0));
+        assert_eq!(m.size_bytes(), 24 + 12);
+    }
+
+    #[test]
+    fn int8_quantization_refuses_bad_input() {
+        assert_eq!(
+            Int8Matrix::quantize(&[1.0; 6], 4).unwrap_err(),
+            QuantizeError::Shape { len: 6, d_in: 4 }
+        );
+        assert!(Int8Matrix::quantize(&[1.0; 6], 0).is_err());
+        let mut w = vec![0.5f32; 12];
+        w[9] = f32::INFINITY;
+        assert_eq!(
+            Int8Matrix::quantize(&w, 4).unwrap_err(),
+            QuantizeError::NonFinite { row: 2 }
+        );
+        w[9] = f32::NAN;
+        assert!(Int8Matrix::quantize(&w, 4).is_err());
+    }
+
+    #[test]
+    fn int8_results_do_not_depend_on_the_thread_count() {
+        let (out, d_in) = (4099, 77);
+        let w = values(out * d_in, 6);
+        let x = values(3 * d_in, 5);
+        for level in levels() {
+            let run = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                pool.install(|| {
+                    let m = Int8Matrix::quantize(&w, d_in).unwrap();
+                    let mut y = vec![0f32; 3 * out];
+                    linear_int8_at(level, &x, &m, None, &mut y);
+                    (m.values().to_vec(), m.scales().to_vec(), y)
+                })
+            };
+            assert_eq!(run(1), run(3), "{level:?}");
         }
     }
 
