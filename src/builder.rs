@@ -4,7 +4,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 
-use blip2_core::{Result, WeightDType};
+use blip2_core::{Quantization, Result, WeightDType};
 use burn::tensor::Device;
 
 use crate::{Blip2, Blip2Retrieval, Checkpoint};
@@ -16,6 +16,7 @@ pub struct Builder<M> {
     pub(crate) revision: Option<String>,
     pub(crate) device: Option<Device>,
     pub(crate) dtype: WeightDType,
+    pub(crate) quantization: Quantization,
     pub(crate) question_template: Option<String>,
     loads: PhantomData<fn() -> M>,
 }
@@ -35,6 +36,7 @@ impl<M> Builder<M> {
             revision: None,
             device: None,
             dtype: WeightDType::F32,
+            quantization: Quantization::None,
             question_template: None,
             loads: PhantomData,
         }
@@ -69,6 +71,21 @@ impl<M> Builder<M> {
         self
     }
 
+    /// How the language model's linear layers store their weights (default
+    /// [`Quantization::None`]).
+    ///
+    /// [`Quantization::Int8`]: every linear layer of the language model (attention, MLP and the
+    /// language-modelling head; OPT, LLaMA and Flan-T5) quantized once at load to int8 with one
+    /// scale per output row; the rest of the language model (embeddings, norms, KV cache) runs
+    /// in f32. The vision model, Q-Former and projection keep [`Builder::dtype`]'s precision.
+    /// About a quarter of f32's bytes per decoding step, on the CPU kernels (any backend reads
+    /// the activations through the host). Approximate: docs/performance.md gives the measured
+    /// drift from f32. [`Blip2Retrieval`] has no language model and refuses it.
+    pub fn quantization(mut self, quantization: Quantization) -> Self {
+        self.quantization = quantization;
+        self
+    }
+
     /// The checkpoint, opened, and the device to load it on.
     pub(crate) fn open(&self) -> Result<(Checkpoint, Device)> {
         let checkpoint = Checkpoint::open(&self.model, self.revision.as_deref())?;
@@ -83,6 +100,7 @@ impl<M> Clone for Builder<M> {
             revision: self.revision.clone(),
             device: self.device.clone(),
             dtype: self.dtype,
+            quantization: self.quantization,
             question_template: self.question_template.clone(),
             loads: PhantomData,
         }
@@ -96,6 +114,7 @@ impl<M> fmt::Debug for Builder<M> {
             .field("revision", &self.revision)
             .field("device", &self.device)
             .field("dtype", &self.dtype)
+            .field("quantization", &self.quantization)
             .field("question_template", &self.question_template)
             .finish()
     }

@@ -40,7 +40,8 @@ mod stream;
 pub use blip2_core::config;
 pub use blip2_core::config::EarlyStopping;
 pub use blip2_core::{
-    Blip2Config, Error, ErrorKind, RandomWeights, Result, WeightDType, WeightSource, Weights,
+    Blip2Config, Error, ErrorKind, Quantization, RandomWeights, Result, WeightDType, WeightSource,
+    Weights,
 };
 pub use blip2_hub::{ModelDir, SafetensorsWeights, Tokenizer};
 pub use blip2_lm::{GenerationConfig, StopReason};

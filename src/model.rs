@@ -2,7 +2,7 @@
 
 use blip2_core::config::{ModelFamily, TextConfig};
 use blip2_core::image::{ImageProcessor, PixelValues};
-use blip2_core::{Error, Result, WeightDType, Weights};
+use blip2_core::{Error, Quantization, Result, WeightDType, Weights};
 use blip2_hub::Tokenizer;
 use blip2_lm::generation::Prompt;
 use blip2_lm::{
@@ -56,6 +56,7 @@ pub struct Blip2 {
     text_pad_token: u32,
     question_template: String,
     dtype: WeightDType,
+    quantization: Quantization,
 }
 
 impl fmt::Debug for Blip2 {
@@ -70,6 +71,7 @@ impl fmt::Debug for Blip2 {
             .field("instructblip", &self.qformer_tokenizer.is_some())
             .field("language_model", &language_model)
             .field("dtype", &self.dtype)
+            .field("quantization", &self.quantization)
             .field("device", self.encoder.device())
             .field("num_image_tokens", &self.num_image_tokens)
             .field("question_template", &self.question_template)
@@ -142,7 +144,7 @@ impl Blip2Builder {
             check_template(template)?;
         }
         let (checkpoint, device) = self.open()?;
-        let mut blip2 = Blip2::load_with_dtype(&checkpoint, &device, self.dtype)?;
+        let mut blip2 = Blip2::load_quantized(&checkpoint, &device, self.dtype, self.quantization)?;
         if let Some(template) = self.question_template {
             blip2.question_template = template;
         }
@@ -195,6 +197,17 @@ impl Blip2 {
         device: &Device,
         dtype: WeightDType,
     ) -> Result<Self> {
+        Self::load_quantized(checkpoint, device, dtype, Quantization::None)
+    }
+
+    /// As [`Blip2::load_with_dtype`], with the language model's linear layers stored as
+    /// `quantization` says (see [`Blip2Builder::quantization`]).
+    pub fn load_quantized(
+        checkpoint: &Checkpoint,
+        device: &Device,
+        dtype: WeightDType,
+        quantization: Quantization,
+    ) -> Result<Self> {
         check_dtype(device, dtype)?;
         let dir = checkpoint.dir();
         let config = dir.config();
@@ -205,7 +218,13 @@ impl Blip2 {
             ));
         }
         let encoder = ImageEncoder::load(checkpoint, device, dtype)?;
-        let weights = Weights::new(checkpoint.weights(), dtype);
+        // The language model's view: an int8 one runs in f32 around its int8 products.
+        let weights = match quantization {
+            Quantization::None => Weights::new(checkpoint.weights(), dtype),
+            Quantization::Int8 => {
+                Weights::new(checkpoint.weights(), WeightDType::F32).with_quantization(quantization)
+            }
+        };
         let (language_model, eos, pad, bos) = match &config.text_config {
             TextConfig::Opt(c) => (
                 TextModel::Opt(Box::new(OptForCausalLM::load(
@@ -284,12 +303,19 @@ impl Blip2 {
             text_pad_token,
             question_template: question_template.to_owned(),
             dtype,
+            quantization,
         })
     }
 
     /// The precision the model was loaded in (see [`Blip2Builder::dtype`]).
     pub fn dtype(&self) -> WeightDType {
         self.dtype
+    }
+
+    /// How the language model's linear layers store their weights (see
+    /// [`Blip2Builder::quantization`]).
+    pub fn quantization(&self) -> Quantization {
+        self.quantization
     }
 
     /// The checkpoint's default generation settings (start from these to override some).

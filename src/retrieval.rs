@@ -5,7 +5,7 @@ use std::fmt;
 use std::path::Path;
 
 use blip2_core::image::ImageProcessor;
-use blip2_core::{Error, Result, WeightDType, Weights};
+use blip2_core::{Error, Quantization, Result, WeightDType, Weights};
 use blip2_hub::Tokenizer;
 use blip2_qformer::RetrievalHeads;
 use burn::tensor::{Device, Tensor};
@@ -89,6 +89,12 @@ impl Blip2RetrievalBuilder {
                 "image-text matching and embeddings run in f32 only (asked for {})",
                 self.dtype
             )));
+        }
+        if self.quantization != Quantization::None {
+            return Err(Error::Unsupported(
+                "quantization applies to a language model, which a retrieval checkpoint does not have"
+                    .to_owned(),
+            ));
         }
         let (checkpoint, device) = self.open()?;
         Blip2Retrieval::load(&checkpoint, &device)

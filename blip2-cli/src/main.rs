@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use blip2::preprocess::{decode_image, load_image, ImageLimits};
 use blip2::{
-    Blip2, Blip2Retrieval, Builder, Checkpoint, Generation, GenerationConfig, Scores, StopReason,
-    Timings, WeightDType,
+    Blip2, Blip2Retrieval, Builder, Checkpoint, Generation, GenerationConfig, Quantization, Scores,
+    StopReason, Timings, WeightDType,
 };
 use clap::{Args, Parser, Subcommand};
 use indicatif::ProgressBar;
@@ -88,13 +88,60 @@ struct ModelArgs {
     /// Backend to run on (those compiled in; default: the first).
     #[arg(long)]
     backend: Option<String>,
-    /// Precision: f32, f16 or bf16 (captioning and questions; matching and embeddings run in
-    /// f32). Flan-T5 always runs in f32; see `docs/backends.md` for which backend runs which.
+    /// Precision: f32, f16, bf16, or int8 (f32 with the language model's linear layers in
+    /// int8: approximate, a quarter of the bytes per token) for captioning and questions;
+    /// matching and embeddings run in f32. Flan-T5 runs in f32 (or int8); see
+    /// `docs/backends.md` for which backend runs which.
     #[arg(long, default_value = "f32")]
-    dtype: WeightDType,
+    dtype: Precision,
     /// Print one JSON document on stdout.
     #[arg(long)]
     json: bool,
+}
+
+/// `--dtype`: a [`WeightDType`], or `int8` (f32 around an int8 language model).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Precision {
+    dtype: WeightDType,
+    quantization: Quantization,
+}
+
+impl Precision {
+    /// f32, not quantized: what matching and embeddings run in.
+    fn is_f32(self) -> bool {
+        self.dtype == WeightDType::F32 && self.quantization == Quantization::None
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = blip2::Error;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.eq_ignore_ascii_case("int8") {
+            return Ok(Precision {
+                dtype: WeightDType::F32,
+                quantization: Quantization::Int8,
+            });
+        }
+        let dtype = s.parse::<WeightDType>().map_err(|_| {
+            blip2::Error::InvalidInput(format!(
+                "unknown dtype {s:?}; expected f32, f16, bf16 or int8"
+            ))
+        })?;
+        Ok(Precision {
+            dtype,
+            quantization: Quantization::None,
+        })
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.quantization {
+            Quantization::None => write!(f, "{}", self.dtype),
+            q => write!(f, "{q}"),
+        }
+    }
 }
 
 impl ModelArgs {
@@ -629,7 +676,8 @@ fn load<M>(model: &ModelArgs, build: fn(Builder<M>) -> blip2::Result<M>) -> Resu
     let bar = spinner(format!("loading {}", model.model));
     let mut builder = Builder::<M>::new(&model.model)
         .device(device)
-        .dtype(model.dtype);
+        .dtype(model.dtype.dtype)
+        .quantization(model.dtype.quantization);
     if let Some(revision) = &model.revision {
         builder = builder.revision(revision);
     }

@@ -3,7 +3,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use blip2::{Blip2, Blip2Retrieval, Checkpoint, WeightDType};
+use blip2::{Blip2, Blip2Retrieval, Checkpoint};
 use blip2_serve::{Loaded, RequestLimits, ServeConfig};
 use clap::Args;
 
@@ -92,7 +92,7 @@ pub fn run(model: &ModelArgs, args: &ServeArgs) -> Result<(), AnyError> {
     let server = blip2_serve::spawn(config, move || {
         let checkpoint = Checkpoint::open(&name, revision.as_deref())?;
         if checkpoint.dir().config().is_retrieval() {
-            if dtype != WeightDType::F32 {
+            if !dtype.is_f32() {
                 return Err(blip2::Error::Unsupported(format!(
                     "image-text matching and embeddings run in f32 only (asked for {dtype})"
                 )));
@@ -102,10 +102,11 @@ pub fn run(model: &ModelArgs, args: &ServeArgs) -> Result<(), AnyError> {
                 &device,
             )?))
         } else {
-            Ok(Loaded::Generation(Blip2::load_with_dtype(
+            Ok(Loaded::Generation(Blip2::load_quantized(
                 &checkpoint,
                 &device,
-                dtype,
+                dtype.dtype,
+                dtype.quantization,
             )?))
         }
     })?;

@@ -56,6 +56,16 @@ pub fn linear(x: &Tensor<2>, weight: &Tensor<2>, bias: Option<&Tensor<1>>) -> Op
     Some(crate::nn::tensor(data, &x.device()))
 }
 
+/// Runs `f` on `x`'s f32 values in place when `x` is a contiguous f32 tensor on burn-flex;
+/// `None` otherwise (nothing is run).
+pub fn with_f32_slice<R>(x: &Tensor<2>, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
+    if x.dtype() != DType::F32 {
+        return None;
+    }
+    let xs = x.clone().try_into_primitive::<Flex>().ok()?;
+    Some(f(xs.as_slice::<f32>()?))
+}
+
 /// A 16-bit float the kernels read and the output is rounded to.
 trait Half: Weight + Element + bytemuck::Pod {
     fn round(v: f32) -> Self;

@@ -13,4 +13,4 @@ pub mod weights;
 
 pub use config::Blip2Config;
 pub use error::{Error, ErrorKind, Result};
-pub use weights::{RandomWeights, WeightDType, WeightSource, Weights};
+pub use weights::{Quantization, RandomWeights, WeightDType, WeightSource, Weights};

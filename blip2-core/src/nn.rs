@@ -9,7 +9,7 @@ use burn::tensor::{activation, Bool, DType, Device, Int, Tensor, TensorData};
 
 use crate::config::Activation;
 use crate::error::{Error, Result};
-use crate::weights::Weights;
+use crate::weights::{Quantization, Weights};
 
 /// A tensor from weight data, on `device`, keeping the data's dtype (the dtype the [`Weights`]
 /// view converted it to).
@@ -29,35 +29,89 @@ pub fn param<const D: usize>(
 }
 
 /// A linear layer, `y = x Wᵀ + b`, with the weight kept in PyTorch's `[out, in]` layout (loading
-/// neither copies nor transposes it).
+/// neither copies nor transposes it), or quantized to int8 ([`Dense::int8`]).
 ///
 /// On burn-flex with the `flex` feature, a product of at most 16 rows in f32 (a decoding step)
-/// goes through `blip2-kernels`, bias fused; anything else is computed by [`project`].
+/// goes through `blip2-kernels`, bias fused; anything else is computed by [`project`]. An int8
+/// layer always runs on `blip2-kernels` (the CPU), whatever the backend.
 #[derive(Module, Debug)]
 pub struct Dense {
-    /// `[out, in]`.
-    weight: Param<Tensor<2>>,
+    /// `[out, in]`; `None` when the layer is int8.
+    weight: Option<Param<Tensor<2>>>,
     /// `[out]`.
     bias: Option<Param<Tensor<1>>>,
+    /// The int8 weight and its f32 bias, outside burn (the kernels read them as slices).
+    #[module(skip)]
+    int8: Option<std::sync::Arc<Int8Linear>>,
+}
+
+/// An int8 layer's parameters.
+#[derive(Debug)]
+struct Int8Linear {
+    weight: blip2_kernels::Int8Matrix,
+    bias: Option<Vec<f32>>,
 }
 
 impl Dense {
     /// A layer from its weight (`[out, in]`) and optional bias (`[out]`).
     pub fn new(weight: Tensor<2>, bias: Option<Tensor<1>>) -> Self {
         Dense {
-            weight: Param::from_tensor(weight),
+            weight: Some(Param::from_tensor(weight)),
             bias: bias.map(Param::from_tensor),
+            int8: None,
         }
+    }
+
+    /// An int8 layer: `weight` (`[out, in]`, f32 values) quantized with one scale per output row
+    /// (see `blip2_kernels::Int8Matrix`), the bias (`[out]`) kept in f32. Inputs are cast to
+    /// f32, and outputs are f32.
+    ///
+    /// Errors: [`Error::InvalidInput`] if the weight is not 2-d or holds an infinity or a NaN.
+    pub fn int8(weight: &[f32], d_in: usize, bias: Option<Vec<f32>>) -> Result<Self> {
+        let weight = blip2_kernels::Int8Matrix::quantize(weight, d_in)
+            .map_err(|e| Error::InvalidInput(format!("int8 quantization: {e}")))?;
+        if bias.as_ref().is_some_and(|b| b.len() != weight.d_out()) {
+            return Err(Error::InvalidInput(format!(
+                "a bias of {} values for an int8 layer of {} outputs",
+                bias.map_or(0, |b| b.len()),
+                weight.d_out()
+            )));
+        }
+        Ok(Dense {
+            weight: None,
+            bias: None,
+            int8: Some(std::sync::Arc::new(Int8Linear { weight, bias })),
+        })
     }
 
     /// Output width.
     pub fn d_out(&self) -> usize {
-        self.weight.dims()[0]
+        match (&self.weight, &self.int8) {
+            (Some(w), _) => w.dims()[0],
+            (None, Some(q)) => q.weight.d_out(),
+            (None, None) => unreachable!("a Dense has a float or an int8 weight"),
+        }
     }
 
-    /// The dtype of the weight, which is also the dtype of the output.
+    /// The dtype of the weight (f32 for an int8 layer, whose inputs and outputs are f32), which
+    /// is also the dtype of the output.
     pub fn dtype(&self) -> DType {
-        self.weight.dtype()
+        self.weight.as_ref().map_or(DType::F32, |w| w.dtype())
+    }
+
+    /// Bytes the layer's weight and bias hold.
+    pub fn size_bytes(&self) -> usize {
+        match (&self.weight, &self.int8) {
+            (Some(w), _) => {
+                let bias = self
+                    .bias
+                    .as_ref()
+                    .map_or(0, |b| b.dims()[0] * b.dtype().size());
+                w.dims().iter().product::<usize>() * w.dtype().size() + bias
+            }
+            (None, Some(q)) => q.weight.size_bytes() + 4 * q.bias.as_ref().map_or(0, Vec::len),
+            (None, None) => 0,
+        }
     }
 
     /// Applies the layer to the last dimension of `x` (`[..., in]` → `[..., out]`).
@@ -71,20 +125,43 @@ impl Dense {
         let rows = dims[..D - 1].iter().product::<usize>();
         let x = x.reshape([rows, d_in]);
         dims[D - 1] = self.d_out();
+        let weight = match (&self.weight, &self.int8) {
+            (Some(w), _) => w.val(),
+            (None, Some(q)) => return int8_forward(x, q).reshape(dims),
+            (None, None) => unreachable!("a Dense has a float or an int8 weight"),
+        };
         #[cfg(feature = "flex")]
         {
             let bias = self.bias.as_ref().map(Param::val);
-            if let Some(y) = crate::cpu::linear(&x, &self.weight.val(), bias.as_ref()) {
+            if let Some(y) = crate::cpu::linear(&x, &weight, bias.as_ref()) {
                 return y.reshape(dims);
             }
         }
-        let y = project(x, self.weight.val());
+        let y = project(x, weight);
         let y = match &self.bias {
             Some(b) => y + b.val().unsqueeze::<2>(),
             None => y,
         };
         y.reshape(dims)
     }
+}
+
+/// An int8 layer over `x: [rows, in]` (f32): on the kernels, reading `x` in place on burn-flex
+/// and through a host copy elsewhere.
+fn int8_forward(x: Tensor<2>, q: &Int8Linear) -> Tensor<2> {
+    let rows = x.dims()[0];
+    let mut y = vec![0f32; rows * q.weight.d_out()];
+    let device = x.device();
+    let bias = q.bias.as_deref();
+    #[cfg(feature = "flex")]
+    let run = |x: &[f32]| blip2_kernels::linear_int8(x, &q.weight, bias, &mut y);
+    if crate::cpu::with_f32_slice(&x, run).is_some() {
+        return tensor(TensorData::new(y, [rows, q.weight.d_out()]), &device);
+    }
+    let data = x.into_data().convert::<f32>();
+    let x = data.as_slice::<f32>().expect("converted to f32");
+    blip2_kernels::linear_int8(x, &q.weight, bias, &mut y);
+    tensor(TensorData::new(y, [rows, q.weight.d_out()]), &device)
 }
 
 /// How many row blocks [`project`] splits a weight into.
@@ -121,6 +198,9 @@ pub fn project(x: Tensor<2>, weight: Tensor<2>) -> Tensor<2> {
 
 /// `nn.Linear(d_in, d_out, bias)` stored under `w` as `weight` (`[d_out, d_in]`, PyTorch's layout)
 /// and `bias`.
+///
+/// When `w` says [`Quantization::Int8`], the weight is read in f32 and quantized
+/// ([`Dense::int8`]), and the bias kept in f32.
 pub fn linear(
     w: &Weights,
     d_in: usize,
@@ -128,6 +208,19 @@ pub fn linear(
     bias: bool,
     device: &Device,
 ) -> Result<Dense> {
+    if w.quantization() == Quantization::Int8 {
+        let f32s = w.with_dtype(crate::WeightDType::F32);
+        let bias = if bias {
+            Some(f32_values(f32s.get("bias", &[d_out])?)?)
+        } else {
+            None
+        };
+        return Dense::int8(
+            &f32_values(f32s.get("weight", &[d_out, d_in])?)?,
+            d_in,
+            bias,
+        );
+    }
     let weight = tensor(w.get("weight", &[d_out, d_in])?, device);
     let bias = if bias {
         Some(tensor(w.get("bias", &[d_out])?, device))
@@ -135,6 +228,25 @@ pub fn linear(
         None
     };
     Ok(Dense::new(weight, bias))
+}
+
+/// A language-modelling head without bias over `weight` (`[vocab, hidden]`, read from `w` or
+/// tied to an embedding table): int8 when `w` says [`Quantization::Int8`] (the table itself is
+/// left as it is), else the tensor itself, shared.
+pub fn head(w: &Weights, weight: Tensor<2>) -> Result<Dense> {
+    if w.quantization() == Quantization::Int8 {
+        let d_in = weight.dims()[1];
+        let values = f32_values(weight.into_data())?;
+        return Dense::int8(&values, d_in, None);
+    }
+    Ok(Dense::new(weight, None))
+}
+
+/// Weight data as f32 values (any float dtype is widened).
+fn f32_values(data: TensorData) -> Result<Vec<f32>> {
+    data.convert::<f32>()
+        .try_into_vec::<f32>()
+        .map_err(|e| Error::InvalidInput(format!("weight data: {e:?}")))
 }
 
 /// `nn.LayerNorm`, computed in f32 whatever the precision of its input, the result rounded back to

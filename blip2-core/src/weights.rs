@@ -58,6 +58,27 @@ impl std::fmt::Display for WeightDType {
     }
 }
 
+/// How linear layers store their weights, beyond [`WeightDType`]'s conversion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub enum Quantization {
+    /// Weights as read, in the view's dtype.
+    #[default]
+    None,
+    /// Weight-only int8: each linear layer's weight quantized once, at load, with one f32 scale
+    /// per output row (`blip2_kernels::Int8Matrix`'s rule); inputs, sums, bias and outputs in
+    /// f32. Approximate: results differ from f32's by the rounding of the weights.
+    Int8,
+}
+
+impl std::fmt::Display for Quantization {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Quantization::None => "none",
+            Quantization::Int8 => "int8",
+        })
+    }
+}
+
 /// A checkpoint's tensors, by HF key name.
 ///
 /// Implemented by `blip2-hub` over (sharded) safetensors files; tests may implement it over a map.
@@ -83,7 +104,8 @@ pub trait WeightSource: Send + Sync {
     fn location(&self) -> String;
 }
 
-/// A view of a [`WeightSource`] under a key prefix, converting to one dtype.
+/// A view of a [`WeightSource`] under a key prefix, converting to one dtype (and, for the
+/// linear layers built from it by [`crate::nn::linear`], quantizing as it says).
 ///
 /// Mirrors transformers' module tree: `weights.pp("vision_model").pp("embeddings")` reads keys
 /// `vision_model.embeddings.*`.
@@ -92,6 +114,7 @@ pub struct Weights<'a> {
     source: &'a dyn WeightSource,
     prefix: String,
     dtype: WeightDType,
+    quantization: Quantization,
 }
 
 impl<'a> Weights<'a> {
@@ -101,6 +124,21 @@ impl<'a> Weights<'a> {
             source,
             prefix: String::new(),
             dtype,
+            quantization: Quantization::None,
+        }
+    }
+
+    /// How linear layers under this view store their weights.
+    pub fn quantization(&self) -> Quantization {
+        self.quantization
+    }
+
+    /// The same view, with linear layers stored as `quantization` says (views below it
+    /// inherit it).
+    pub fn with_quantization(&self, quantization: Quantization) -> Weights<'a> {
+        Weights {
+            quantization,
+            ..self.clone()
         }
     }
 
@@ -129,6 +167,7 @@ impl<'a> Weights<'a> {
             source: self.source,
             prefix: join(&self.prefix, &name.to_string()),
             dtype: self.dtype,
+            quantization: self.quantization,
         }
     }
 

@@ -245,8 +245,8 @@ pub struct LlamaForCausalLM {
     embed_tokens: Param<Tensor<2>>,
     layers: Vec<LlamaDecoderLayer>,
     norm: LlamaRmsNorm,
-    /// `[vocab, hidden]`, PyTorch's layout; used transposed.
-    lm_head: Param<Tensor<2>>,
+    /// `[vocab, hidden]` (PyTorch's layout).
+    lm_head: Dense,
     rotary: LlamaRotaryEmbedding,
     kv_heads: usize,
     head_dim: usize,
@@ -268,8 +268,8 @@ impl LlamaForCausalLM {
             .collect::<Result<Vec<_>>>()?;
         let embed_tokens = nn::param(&m, "embed_tokens.weight", [v, h], device)?;
         let lm_head = match w.get_optional("lm_head.weight", &[v, h])? {
-            Some(data) => Param::from_tensor(nn::tensor(data, device)),
-            None if c.tie_word_embeddings => embed_tokens.clone(),
+            Some(data) => nn::head(w, nn::tensor(data, device))?,
+            None if c.tie_word_embeddings => nn::head(w, embed_tokens.val())?,
             None => return Err(w.missing("lm_head.weight")),
         };
         Ok(LlamaForCausalLM {
@@ -309,7 +309,9 @@ impl LlamaForCausalLM {
         }
         cache.advance(new);
         let last = self.norm.forward(x.slice(s![.., new - 1..new, ..]));
-        nn::project(last.reshape([rows, hidden]), self.lm_head.val()).cast(DType::F32)
+        self.lm_head
+            .forward(last.reshape([rows, hidden]))
+            .cast(DType::F32)
     }
 }
 

@@ -120,8 +120,8 @@ pub struct OptForCausalLM {
     project_out: Option<Dense>,
     layers: Vec<OptDecoderLayer>,
     final_layer_norm: Option<nn::Norm>,
-    /// `[vocab, embed_dim]`, PyTorch's layout; used transposed.
-    lm_head: Param<Tensor<2>>,
+    /// `[vocab, embed_dim]` (PyTorch's layout).
+    lm_head: Dense,
     num_heads: usize,
     max_positions: usize,
 }
@@ -160,8 +160,8 @@ impl OptForCausalLM {
             .collect::<Result<Vec<_>>>()?;
         let embed_tokens = nn::param(&d, "embed_tokens.weight", [v, e], device)?;
         let lm_head = match w.get_optional("lm_head.weight", &[v, e])? {
-            Some(data) => Param::from_tensor(nn::tensor(data, device)),
-            None => embed_tokens.clone(),
+            Some(data) => nn::head(w, nn::tensor(data, device))?,
+            None => nn::head(w, embed_tokens.val())?,
         };
         Ok(OptForCausalLM {
             embed_positions: nn::param(&d, "embed_positions.weight", [positions, h], device)?,
@@ -220,7 +220,7 @@ impl OptForCausalLM {
             last = p.forward(last);
         }
         // Generation works on f32 logits whatever the model's precision, as in transformers.
-        nn::project(last, self.lm_head.val()).cast(DType::F32)
+        self.lm_head.forward(last).cast(DType::F32)
     }
 }
 

@@ -232,8 +232,8 @@ pub struct T5ForConditionalGeneration {
     decoder_norm: T5LayerNorm,
     #[module(skip)]
     decoder_bias: RelativeBias,
-    /// `[vocab, d_model]`, PyTorch's layout; used transposed.
-    lm_head: Param<Tensor<2>>,
+    /// `[vocab, d_model]` (PyTorch's layout).
+    lm_head: Dense,
     /// `d_model^-0.5` when the decoder output is rescaled before a tied head (original T5).
     output_scale: Option<f64>,
     decoder_start: u32,
@@ -297,8 +297,8 @@ impl T5ForConditionalGeneration {
         let shared = nn::param(w, "shared.weight", [v, d], device)?;
         // A stored lm_head is used as is (Flan-T5); without one the head is tied to `shared`.
         let lm_head = match w.get_optional("lm_head.weight", &[v, d])? {
-            Some(data) => Param::from_tensor(nn::tensor(data, device)),
-            None => shared.clone(),
+            Some(data) => nn::head(w, nn::tensor(data, device))?,
+            None => nn::head(w, shared.val())?,
         };
         Ok(T5ForConditionalGeneration {
             encoder_bias: RelativeBias::load(&enc.pp("block.0.layer.0.SelfAttention"), c, true)?,
@@ -375,7 +375,7 @@ impl T5ForConditionalGeneration {
         if let Some(scale) = self.output_scale {
             x = x * scale;
         }
-        Ok(nn::project(x, self.lm_head.val()))
+        Ok(self.lm_head.forward(x))
     }
 }
 
