@@ -9,7 +9,10 @@ use std::sync::OnceLock;
 
 use blip2::lm::{LanguageModel, Prompt};
 use blip2::preprocess::{load_image, ImageLimits};
-use blip2::{Blip2, EarlyStopping, GenerationConfig, StopReason, Tensor, TextModel, WeightDType};
+use blip2::{
+    Blip2, EarlyStopping, GenerationConfig, Quantization, StopReason, Tensor, TextModel,
+    WeightDType,
+};
 use burn::tensor::{Bool, TensorData};
 use safetensors::SafeTensors;
 use serde_json::Value;
@@ -31,14 +34,21 @@ pub fn model(fixture: &str) -> &'static Blip2 {
 
 /// The loaded tiny model of a fixture folder in `dtype`, shared by the tests of one binary.
 pub fn model_in(fixture: &str, dtype: WeightDType) -> &'static Blip2 {
-    static MODELS: OnceLock<Mutex<HashMap<(String, WeightDType), &'static Blip2>>> =
-        OnceLock::new();
+    model_with(fixture, dtype, Quantization::None)
+}
+
+/// The loaded tiny model of a fixture folder in `dtype` with `quantization`, shared by the tests
+/// of one binary.
+pub fn model_with(fixture: &str, dtype: WeightDType, quantization: Quantization) -> &'static Blip2 {
+    type Key = (String, WeightDType, Quantization);
+    static MODELS: OnceLock<Mutex<HashMap<Key, &'static Blip2>>> = OnceLock::new();
     let mut models = MODELS.get_or_init(Default::default).lock().unwrap();
     models
-        .entry((fixture.to_owned(), dtype))
+        .entry((fixture.to_owned(), dtype, quantization))
         .or_insert_with(|| {
             let model = Blip2::builder(fixtures().join(fixture).to_str().unwrap())
                 .dtype(dtype)
+                .quantization(quantization)
                 .build()
                 .unwrap();
             Box::leak(Box::new(model))
@@ -54,9 +64,13 @@ pub fn model_in(fixture: &str, dtype: WeightDType) -> &'static Blip2 {
 /// with large random weights), so the bounds are wide in absolute terms; what keeps the check
 /// sharp is the second condition, checked against the f32 goldens: our result may be at most
 /// [`ACCURACY_FACTOR`] times as far from the exact one as transformers' result in that precision.
+///
+/// int8 ([`INT8`]) is held to f32's tolerance: its goldens are transformers' f32 model with the
+/// language model's weights replaced by their dequantized values (tools/parity/make_int8_goldens.py).
 #[derive(Clone, Copy)]
 pub struct Precision {
     pub dtype: WeightDType,
+    pub quantization: Quantization,
     pub json: &'static str,
     pub tensors: &'static str,
     pub tolerance: f32,
@@ -67,6 +81,7 @@ pub struct Precision {
 
 pub const F32: Precision = Precision {
     dtype: WeightDType::F32,
+    quantization: Quantization::None,
     json: "generation.json",
     tensors: "generation.safetensors",
     tolerance: 1e-4,
@@ -75,6 +90,7 @@ pub const F32: Precision = Precision {
 
 pub const F16: Precision = Precision {
     dtype: WeightDType::F16,
+    quantization: Quantization::None,
     json: "generation_f16.json",
     tensors: "generation_f16.safetensors",
     tolerance: F16_TOLERANCE,
@@ -83,9 +99,19 @@ pub const F16: Precision = Precision {
 
 pub const BF16: Precision = Precision {
     dtype: WeightDType::BF16,
+    quantization: Quantization::None,
     json: "generation_bf16.json",
     tensors: "generation_bf16.safetensors",
     tolerance: BF16_TOLERANCE,
+    logits_held: true,
+};
+
+pub const INT8: Precision = Precision {
+    dtype: WeightDType::F32,
+    quantization: Quantization::Int8,
+    json: "generation_int8.json",
+    tensors: "generation_int8.safetensors",
+    tolerance: 1e-4,
     logits_held: true,
 };
 
@@ -210,7 +236,7 @@ pub fn run_case(fixture: &str, name: &str) {
 /// [`run_case`] in another precision, against that precision's goldens and tolerance.
 pub fn run_case_in(fixture: &str, name: &str, precision: &Precision) {
     let case = case_in(fixture, name, precision);
-    let model = model_in(fixture, precision.dtype);
+    let model = model_with(fixture, precision.dtype, precision.quantization);
     let tolerance = precision.tolerance * backend_slack();
     // The largest logit difference to transformers seen in this case (first step, and every step
     // teacher-forced when the goldens have them).
@@ -259,39 +285,23 @@ pub fn run_case_in(fixture: &str, name: &str, precision: &Precision) {
         // First-step logits (and, for T5, the encoder output).
         let bytes = std::fs::read(fixtures().join(fixture).join(precision.tensors)).unwrap();
         let goldens = SafeTensors::deserialize(&bytes).unwrap();
-        let logits = match model.language_model() {
-            TextModel::Opt(lm) => {
-                lm.prefill(prompt.embeds.clone(), &prompt.attention_mask, 1)
-                    .unwrap()
-                    .1
-            }
-            TextModel::Llama(lm) => {
-                lm.prefill(prompt.embeds.clone(), &prompt.attention_mask, 1)
-                    .unwrap()
-                    .1
-            }
-            TextModel::T5(lm) => {
-                let padding: Vec<bool> =
-                    prompt.attention_mask.iter().flatten().map(|k| !k).collect();
-                let [rows, len, _] = prompt.embeds.dims();
-                let padding = Tensor::<4, Bool>::from_data(
-                    TensorData::new(padding, [rows, 1, 1, len]),
-                    &prompt.embeds.device(),
-                );
-                let encoded = lm.encode(prompt.embeds.clone(), padding);
-                compare(
-                    &goldens,
-                    &format!("{name}.encoder_last_hidden_state"),
-                    encoded,
-                    name,
-                    tolerance,
-                );
-                lm.prefill(prompt.embeds.clone(), &prompt.attention_mask, 1)
-                    .unwrap()
-                    .1
-            }
-            _ => unreachable!("a language model the tests do not know"),
-        };
+        if let TextModel::T5(lm) = model.language_model() {
+            let padding: Vec<bool> = prompt.attention_mask.iter().flatten().map(|k| !k).collect();
+            let [rows, len, _] = prompt.embeds.dims();
+            let padding = Tensor::<4, Bool>::from_data(
+                TensorData::new(padding, [rows, 1, 1, len]),
+                &prompt.embeds.device(),
+            );
+            let encoded = lm.encode(prompt.embeds.clone(), padding);
+            compare(
+                &goldens,
+                &format!("{name}.encoder_last_hidden_state"),
+                encoded,
+                name,
+                tolerance,
+            );
+        }
+        let logits = first_logits(model, &prompt);
         if precision.dtype != WeightDType::F32 {
             let key = format!("{name}.first_logits");
             let exact_bytes = std::fs::read(fixtures().join(fixture).join(F32.tensors)).unwrap();
@@ -377,6 +387,17 @@ pub fn run_case_in(fixture: &str, name: &str, precision: &Precision) {
             .last()
             .is_some_and(|t| config.eos_token_id.contains(t));
         assert_eq!(g.stop_reason == StopReason::Eos, ended_on_eos, "{name}");
+    }
+}
+
+/// The language model's logits for the next token after `prompt`, `[rows, vocab]`.
+pub fn first_logits(model: &Blip2, prompt: &Prompt) -> Tensor<2> {
+    let (embeds, mask) = (prompt.embeds.clone(), &prompt.attention_mask);
+    match model.language_model() {
+        TextModel::Opt(lm) => lm.prefill(embeds, mask, 1).unwrap().1,
+        TextModel::Llama(lm) => lm.prefill(embeds, mask, 1).unwrap().1,
+        TextModel::T5(lm) => lm.prefill(embeds, mask, 1).unwrap().1,
+        _ => unreachable!("a language model the tests do not know"),
     }
 }
 

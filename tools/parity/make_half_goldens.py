@@ -114,6 +114,12 @@ def write(folder: Path, tag: str, t5: bool):
                                      first["generate_kwargs"], first["new_tokens"][0])
     else:
         check_matches_from_pretrained(folder, model, dtype)
+    write_cases(folder, tag, t5, model, processor, dtype)
+
+
+def write_cases(folder: Path, tag: str, t5: bool, model, processor, dtype, extra=None):
+    """Runs every generation case of the fixture with `model` (pixel values in `dtype`) and writes
+    generation_{tag}.{json,safetensors}; `extra` tensors are saved with them."""
     if t5:
         pad, case_list = 0, fx.T5_GENERATION_CASES
     else:
@@ -155,6 +161,7 @@ def write(folder: Path, tag: str, t5: bool):
         case["step_margins"] = fx.step_margins(generated.scores) if greedy else None
         cases.append(case)
     tensors.update(encoder_outputs(folder, model, dtype))
+    tensors.update(extra or {})
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / f"generation_{tag}.safetensors"))
     meta = {"dtype": tag, "cases": cases, "min_top1_top2_logit_gap_first_step": min_gap, "pad_token_id": pad}
     (folder / f"generation_{tag}.json").write_text(json.dumps(meta, indent=1) + "\n")
