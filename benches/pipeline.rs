@@ -9,12 +9,13 @@
 //!
 //! Options: `--image PATH` (default the fixture `rgb_96x64.png`), `--tokens N` (new tokens per
 //! caption, exactly: min = max; default 20), `--batches 1,4,8`, `--repeat N` (default 5; medians),
-//! `--backend NAME`, `--dtype f32|f16|bf16` (default f32). Run it on an otherwise idle machine.
+//! `--backend NAME`, `--dtype f32|f16|bf16|int8` (default f32; int8: f32 with the language model's
+//! linear layers in int8). Run it on an otherwise idle machine.
 
 use std::time::{Duration, Instant};
 
 use blip2::preprocess::{load_image, ImageLimits};
-use blip2::{Blip2, GenerationConfig, Timings, WeightDType, NO_PROMPTS};
+use blip2::{Blip2, GenerationConfig, Quantization, Timings, WeightDType, NO_PROMPTS};
 use serde_json::json;
 
 struct Args {
@@ -25,6 +26,7 @@ struct Args {
     repeat: usize,
     backend: Option<String>,
     dtype: WeightDType,
+    quantization: Quantization,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -40,6 +42,7 @@ fn parse_args() -> Result<Args, String> {
         repeat: 5,
         backend: None,
         dtype: WeightDType::F32,
+        quantization: Quantization::None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -50,7 +53,10 @@ fn parse_args() -> Result<Args, String> {
             "--tokens" => args.tokens = value()?.parse().map_err(|e| format!("--tokens: {e}"))?,
             "--repeat" => args.repeat = value()?.parse().map_err(|e| format!("--repeat: {e}"))?,
             "--backend" => args.backend = Some(value()?),
-            "--dtype" => args.dtype = value()?.parse().map_err(|e| format!("--dtype: {e}"))?,
+            "--dtype" => match value()?.as_str() {
+                "int8" => args.quantization = Quantization::Int8,
+                other => args.dtype = other.parse().map_err(|e| format!("--dtype: {e}"))?,
+            },
             "--batches" => {
                 args.batches = value()?
                     .split(',')
@@ -64,7 +70,7 @@ fn parse_args() -> Result<Args, String> {
     if args.model.is_empty() {
         return Err(
             "usage: cargo bench --bench pipeline -- MODEL_DIR [--tokens N] \
-                    [--batches 1,4,8] [--repeat N] [--image PATH] [--backend NAME] [--dtype f32|f16|bf16]"
+                    [--batches 1,4,8] [--repeat N] [--image PATH] [--backend NAME] [--dtype f32|f16|bf16|int8]"
                 .into(),
         );
     }
@@ -115,6 +121,7 @@ fn run(args: &Args) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
     let model = Blip2::builder(&args.model)
         .device(device)
         .dtype(args.dtype)
+        .quantization(args.quantization)
         .build()?;
     let load_s = start.elapsed().as_secs_f64();
     progress("load_s", load_s);
@@ -176,7 +183,10 @@ fn run(args: &Args) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
     Ok(json!({
         "implementation": "blip2 (Rust, burn)",
         "backend": blip2::backend::available_backends(),
-        "dtype": args.dtype.to_string(),
+        "dtype": match args.quantization {
+            Quantization::None => args.dtype.to_string(),
+            q => q.to_string(),
+        },
         "model": args.model,
         "threads": std::thread::available_parallelism().map(usize::from).ok(),
         "tokens": args.tokens,
