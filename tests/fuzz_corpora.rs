@@ -62,3 +62,8 @@ fn prompt_corpus() {
     let fixture = checks::PromptFixture::load(&root().join("tests/fixtures"));
     replay("prompt", |data| fixture.check(data));
 }
+
+#[test]
+fn kernels_corpus() {
+    replay("kernels", checks::kernels);
+}

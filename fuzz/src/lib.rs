@@ -117,3 +117,72 @@ impl PromptFixture {
         }
     }
 }
+
+/// Random bytes as the shapes and values of a linear layer, through the CPU kernels at every
+/// level this CPU runs: the f32, f16 and bf16 products within a summation bound of an f64
+/// reference, and the int8 product bit for bit the f32 kernel's on the dequantized weight.
+pub fn kernels(data: &[u8]) {
+    use blip2_kernels::{bf16, f16, linear_at, linear_int8_at, Int8Matrix, Level};
+    let [a, b, c, rest @ ..] = data else {
+        return;
+    };
+    if rest.is_empty() {
+        return;
+    }
+    let (rows, out, d_in) = (
+        1 + *a as usize % 20,
+        1 + *b as usize % 24,
+        1 + *c as usize % 70,
+    );
+    let value = |i: usize| f32::from(rest[i % rest.len()] as i8) / 16.0;
+    let x: Vec<f32> = (0..rows * d_in).map(value).collect();
+    let w: Vec<f32> = (0..out * d_in).map(|i| value(i + rows * d_in)).collect();
+    let bias: Vec<f32> = (0..out).map(|i| value(i * 7 + 3)).collect();
+    let reference = |w: &[f32]| -> Vec<(f64, f64)> {
+        let mut y = Vec::with_capacity(rows * out);
+        for r in 0..rows {
+            for o in 0..out {
+                let terms =
+                    (0..d_in).map(|k| f64::from(x[r * d_in + k]) * f64::from(w[o * d_in + k]));
+                let size: f64 = terms.clone().map(f64::abs).sum();
+                y.push((terms.sum::<f64>() + f64::from(bias[o]), size));
+            }
+        }
+        y
+    };
+    let close = |name: &str, got: &[f32], want: &[(f64, f64)]| {
+        for (g, (v, size)) in got.iter().zip(want) {
+            let bound = 1e-7 * (d_in as f64 + 2.0) * size + 1.2e-7 * v.abs() + 1e-30;
+            assert!(
+                (f64::from(*g) - v).abs() <= bound,
+                "{name} {rows}x{out}x{d_in}: {g} vs {v}"
+            );
+        }
+    };
+    let q = Int8Matrix::quantize(&w, d_in).expect("finite weights");
+    let dq = q.dequantize();
+    let w16: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
+    let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
+    let b16: Vec<f16> = bias.iter().map(|&v| f16::from_f32(v)).collect();
+    let bb: Vec<bf16> = bias.iter().map(|&v| bf16::from_f32(v)).collect();
+    for level in [Level::Portable, Level::Avx2, Level::Avx512] {
+        if !level.is_available() {
+            continue;
+        }
+        let mut y = vec![0f32; rows * out];
+        linear_at(level, &x, &w, Some(&bias), d_in, &mut y);
+        close("f32", &y, &reference(&w));
+        // The values are multiples of 1/16 within ±8: exact in f16 and bf16 (and so are their
+        // biases).
+        let mut y16 = vec![0f32; rows * out];
+        linear_at(level, &x, &w16, Some(&b16), d_in, &mut y16);
+        close("f16", &y16, &reference(&w));
+        linear_at(level, &x, &wb, Some(&bb), d_in, &mut y16);
+        close("bf16", &y16, &reference(&w));
+        let mut y8 = vec![0f32; rows * out];
+        linear_int8_at(level, &x, &q, Some(&bias), &mut y8);
+        linear_at(level, &x, &dq, Some(&bias), d_in, &mut y);
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&y8), bits(&y), "int8 {level:?} {rows}x{out}x{d_in}");
+    }
+}
