@@ -1,7 +1,7 @@
 //! Weight-only int8: a weight quantized once (per output row, symmetric absmax scale) and the
 //! linear layer over it, with f32 inputs, sums and outputs.
 
-use crate::{products, Level};
+use crate::Level;
 
 /// Why a weight could not be quantized.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,38 +157,6 @@ pub fn linear_int8_at(
     bias: Option<&[f32]>,
     y: &mut [f32],
 ) {
-    let (d_in, out) = (w.d_in, w.d_out());
-    assert!(x.len().is_multiple_of(d_in), "x must be [rows, in]");
-    let rows = x.len() / d_in;
-    assert_eq!(y.len(), rows * out, "y must be [rows, out]");
-    if let Some(b) = bias {
-        assert_eq!(b.len(), out, "bias must be [out]");
-    }
-    assert!(
-        level.is_available(),
-        "{level:?} is not available on this CPU"
-    );
-    if rows == 0 || out == 0 {
-        return;
-    }
-    let finish = |o: usize, sum: f32| match bias {
-        Some(b) => sum + b[o],
-        None => sum,
-    };
     let scale = Some(w.scale.as_slice());
-    if rows == 1 {
-        products(level, x, &w.q, scale, d_in, 1, y);
-        y.iter_mut()
-            .enumerate()
-            .for_each(|(o, v)| *v = finish(o, *v));
-        return;
-    }
-    let mut yt = vec![0f32; out * rows];
-    products(level, x, &w.q, scale, d_in, rows, &mut yt);
-    for r in 0..rows {
-        let row = &mut y[r * out..(r + 1) * out];
-        for (o, v) in row.iter_mut().enumerate() {
-            *v = finish(o, yt[o * rows + r]);
-        }
-    }
+    crate::linear_scaled(level, x, &w.q, scale, bias, w.d_in, y)
 }

@@ -137,6 +137,20 @@ pub fn linear_at<W: Weight>(
     d_in: usize,
     y: &mut [f32],
 ) {
+    linear_scaled(level, x, w, None, bias, d_in, y)
+}
+
+/// [`linear_at`] with each weight row optionally multiplied by a scale (int8's dequantization)
+/// and a bias of its own type.
+pub(crate) fn linear_scaled<W: Weight, B: Weight>(
+    level: Level,
+    x: &[f32],
+    w: &[W],
+    scale: Option<&[f32]>,
+    bias: Option<&[B]>,
+    d_in: usize,
+    y: &mut [f32],
+) {
     assert!(
         d_in > 0 && w.len().is_multiple_of(d_in) && x.len().is_multiple_of(d_in),
         "shapes"
@@ -157,7 +171,7 @@ pub fn linear_at<W: Weight>(
     // One row (a decoding step): `[out, 1]` is `y`'s own layout, so the products go straight
     // into it, with no scratch buffer and no transposition.
     if rows == 1 {
-        products(level, x, w, None, d_in, rows, y);
+        products(level, x, w, scale, d_in, rows, y);
         if let Some(b) = bias {
             y.iter_mut().zip(b).for_each(|(v, b)| *v += b.to_f32());
         }
@@ -165,7 +179,7 @@ pub fn linear_at<W: Weight>(
     }
     // Transposed output, `[out, rows]`: each thread writes one contiguous block of it.
     let mut yt = vec![0f32; out * rows];
-    products(level, x, w, None, d_in, rows, &mut yt);
+    products(level, x, w, scale, d_in, rows, &mut yt);
     for r in 0..rows {
         let row = &mut y[r * out..(r + 1) * out];
         for (o, v) in row.iter_mut().enumerate() {
