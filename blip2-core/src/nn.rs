@@ -154,8 +154,11 @@ fn int8_forward(x: Tensor<2>, q: &Int8Linear) -> Tensor<2> {
     let device = x.device();
     let bias = q.bias.as_deref();
     #[cfg(feature = "flex")]
-    let run = |x: &[f32]| blip2_kernels::linear_int8(x, &q.weight, bias, &mut y);
-    if crate::cpu::with_f32_slice(&x, run).is_some() {
+    if crate::cpu::with_f32_slice(&x, |x| {
+        blip2_kernels::linear_int8(x, &q.weight, bias, &mut y)
+    })
+    .is_some()
+    {
         return tensor(TensorData::new(y, [rows, q.weight.d_out()]), &device);
     }
     let data = x.into_data().convert::<f32>();
