@@ -34,6 +34,7 @@ mod builder;
 mod checkpoint;
 mod encoder;
 mod model;
+mod prompt;
 mod retrieval;
 mod stream;
 
@@ -56,6 +57,7 @@ pub use model::{
     Blip2, Generation, InstructionRows, TextModel, Timings, DEFAULT_QUESTION_TEMPLATE,
     INSTRUCTBLIP_CAPTION_PROMPT, INSTRUCTBLIP_QUESTION_TEMPLATE, NO_PROMPTS,
 };
+pub use prompt::{InputLayout, InputRows, SpecialTokens};
 pub use retrieval::{Blip2Retrieval, RankedText, Scores, TokenizedTexts, ITM_PAIRS_PER_PASS};
 
 /// Lower-level generation pieces: the language-model trait, prompts, sequences.

@@ -16,6 +16,7 @@ use std::ops::ControlFlow;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::prompt::{pad_right, InputLayout, SpecialTokens};
 use crate::stream::TextStream;
 use crate::Blip2Builder;
 use crate::{as_strs, Checkpoint, ImageEmbeddings, ImageEncoder};
@@ -48,12 +49,8 @@ pub struct Blip2 {
     qformer_tokenizer: Option<(Tokenizer, u32)>,
     processor: ImageProcessor,
     generation: GenerationConfig,
-    image_token: Option<u32>,
+    layout: InputLayout,
     num_image_tokens: usize,
-    bos_token: Option<u32>,
-    pad_token: u32,
-    /// The id the processor pads prompt rows with (the tokenizer's `pad_token`).
-    text_pad_token: u32,
     question_template: String,
     dtype: WeightDType,
     quantization: Quantization,
@@ -90,6 +87,45 @@ pub enum TextModel {
     T5(Box<T5ForConditionalGeneration>),
     /// LLaMA / Vicuna (`instructblip-vicuna-7b`, `instructblip-vicuna-13b`).
     Llama(Box<LlamaForCausalLM>),
+}
+
+impl TextModel {
+    /// Loads the language model `text` describes from `weights` (the `language_model.` view).
+    fn load(text: &TextConfig, weights: &Weights, device: &Device) -> Result<Self> {
+        Ok(match text {
+            TextConfig::Opt(c) => {
+                TextModel::Opt(Box::new(OptForCausalLM::load(weights, c, device)?))
+            }
+            TextConfig::Llama(c) => {
+                TextModel::Llama(Box::new(LlamaForCausalLM::load(weights, c, device)?))
+            }
+            // T5 overflows in f16 (transformers keeps its `wo` layers in f32 there); it always
+            // runs in f32 here.
+            TextConfig::T5(c) => TextModel::T5(Box::new(T5ForConditionalGeneration::load(
+                &weights.with_dtype(WeightDType::F32),
+                c,
+                device,
+            )?)),
+        })
+    }
+
+    /// [`blip2_lm::check_device`] on the model.
+    fn check_device(&self) -> Result<()> {
+        match self {
+            TextModel::Opt(lm) => blip2_lm::check_device(lm.as_ref()),
+            TextModel::T5(lm) => blip2_lm::check_device(lm.as_ref()),
+            TextModel::Llama(lm) => blip2_lm::check_device(lm.as_ref()),
+        }
+    }
+
+    /// The token embeddings of `ids` (equal-length rows).
+    fn embed_tokens(&self, ids: &[Vec<u32>]) -> Result<Tensor<3>> {
+        match self {
+            TextModel::Opt(lm) => lm.embed_tokens(ids),
+            TextModel::T5(lm) => lm.embed_tokens(ids),
+            TextModel::Llama(lm) => lm.embed_tokens(ids),
+        }
+    }
 }
 
 /// One generated text.
@@ -225,58 +261,26 @@ impl Blip2 {
                 Weights::new(checkpoint.weights(), WeightDType::F32).with_quantization(quantization)
             }
         };
-        let (language_model, eos, pad, bos) = match &config.text_config {
-            TextConfig::Opt(c) => (
-                TextModel::Opt(Box::new(OptForCausalLM::load(
-                    &weights.pp("language_model"),
-                    c,
-                    device,
-                )?)),
-                c.eos_token_ids(),
-                c.pad_token_id,
-                c.bos_token_id,
-            ),
-            TextConfig::Llama(c) => (
-                TextModel::Llama(Box::new(LlamaForCausalLM::load(
-                    &weights.pp("language_model"),
-                    c,
-                    device,
-                )?)),
-                c.eos_token_ids(),
-                c.pad_token_id,
-                c.bos_token_id,
-            ),
-            TextConfig::T5(c) => (
-                // T5 overflows in f16 (transformers keeps its `wo` layers in f32 there); it
-                // always runs in f32 here.
-                TextModel::T5(Box::new(T5ForConditionalGeneration::load(
-                    &weights.with_dtype(WeightDType::F32).pp("language_model"),
-                    c,
-                    device,
-                )?)),
-                c.eos_token_ids(),
-                c.pad_token_id,
-                None,
-            ),
-        };
-        let generation = GenerationConfig::from_file(dir.generation(), eos, pad);
-        let pad_token = generation
-            .pad_token_id
-            .or(generation.eos_token_id.first().copied())
-            .unwrap_or(0);
+        let text = &config.text_config;
+        let language_model = TextModel::load(text, &weights.pp("language_model"), device)?;
         if !crate::backend::is_cpu(device) {
-            match &language_model {
-                TextModel::Opt(lm) => blip2_lm::check_device(lm.as_ref())?,
-                TextModel::T5(lm) => blip2_lm::check_device(lm.as_ref())?,
-                TextModel::Llama(lm) => blip2_lm::check_device(lm.as_ref())?,
-            }
+            language_model.check_device()?;
         }
         checkpoint.warn_unread();
+        let generation = GenerationConfig::from_file(
+            dir.generation(),
+            text.eos_token_ids(),
+            text.pad_token_id(),
+        );
         let tokenizer = dir.tokenizer()?;
-        let text_pad_token = dir
-            .pad_token()
-            .and_then(|t| tokenizer.token_to_id(t))
-            .unwrap_or(pad_token);
+        let tokenizer_pad = dir.pad_token().and_then(|t| tokenizer.token_to_id(t));
+        let tokens = SpecialTokens::resolve(
+            text,
+            dir.generation(),
+            &generation,
+            tokenizer_pad,
+            config.image_token_index,
+        );
         let instructblip = config.family == ModelFamily::InstructBlip;
         let qformer_tokenizer = if instructblip {
             let pad = config.qformer_config.pad_token_id.unwrap_or(0);
@@ -296,11 +300,8 @@ impl Blip2 {
             qformer_tokenizer,
             processor: ImageProcessor::new(dir.preprocessor().clone())?,
             generation,
-            image_token: config.image_token_index,
+            layout: InputLayout::new(tokens),
             num_image_tokens: dir.num_image_tokens(),
-            bos_token: dir.generation().bos_token_id.or(bos),
-            pad_token,
-            text_pad_token,
             question_template: question_template.to_owned(),
             dtype,
             quantization,
@@ -316,6 +317,11 @@ impl Blip2 {
     /// [`Blip2Builder::quantization`]).
     pub fn quantization(&self) -> Quantization {
         self.quantization
+    }
+
+    /// How prompts become the language model's input rows, and the special tokens that uses.
+    pub fn input_layout(&self) -> &InputLayout {
+        &self.layout
     }
 
     /// The checkpoint's default generation settings (start from these to override some).
@@ -571,16 +577,7 @@ impl Blip2 {
             .tokenizer
             .encode(text, false)
             .map_err(|e| Error::Tokenization(format!("cannot tokenize {text:?}: {e}")))?;
-        let decoder_only = !matches!(self.language_model, TextModel::T5(_));
-        let mut ids: Vec<u32> = Vec::new();
-        if decoder_only {
-            ids.extend(self.bos_token);
-        }
-        ids.extend_from_slice(encoding.get_ids());
-        if !decoder_only {
-            ids.extend(self.generation.eos_token_id.first().copied());
-        }
-        Ok(ids)
+        Ok(self.layout.row(encoding.get_ids()))
     }
 
     fn decode(&self, s: GeneratedSequence) -> Result<Generation> {
@@ -596,16 +593,9 @@ impl Blip2 {
     }
 
     /// The language model's input for `prompts` about the encoded images, built as transformers'
-    /// `Blip2Processor` + `generate` build it:
-    ///
-    /// - OPT: each prompt tokenized with BOS (`</s>`) first (a caption is BOS alone), rows
-    ///   left-padded; the logits processors see the whole row.
-    /// - T5: each prompt tokenized with `</s>` last (a caption is `</s>` alone), rows
-    ///   right-padded; this is the encoder input, and the processors see the decoder's ids, which
-    ///   start with `decoder_start_token_id`.
-    ///
-    /// Then `num_query_tokens` image tokens are put before each row; their embeddings are the
-    /// projected queries. For InstructBLIP, the queries are computed here: each prompt is also
+    /// `Blip2Processor` + `generate` build it: the rows are laid out by [`Blip2::input_layout`]
+    /// (OPT and LLaMA: BOS first, left padding; T5: EOS last, right padding), after
+    /// `num_query_tokens` image tokens whose embeddings are the projected queries. For InstructBLIP, the queries are computed here: each prompt is also
     /// tokenized by the Q-Former's tokenizer (`[CLS] … [SEP]`, right-padded) and read by the
     /// Q-Former with its image ([`Blip2::instruction_rows`]); LLaMA rows are laid out as OPT's.
     pub fn prompt(
@@ -638,63 +628,22 @@ impl Blip2 {
                 Error::InvalidInput("these embeddings have no language projection".to_owned())
             })?
         };
-        let decoder_only = !matches!(self.language_model, TextModel::T5(_));
         let rows = texts
             .iter()
             .map(|text| self.prompt_row(text))
             .collect::<Result<Vec<_>>>()?;
-        let width = rows.iter().map(Vec::len).max().unwrap_or(0);
         let queries = projected.dims()[1];
-        let image_ids = vec![self.image_token.unwrap_or(self.pad_token); queries];
-        let mut text_ids = Vec::with_capacity(n);
-        let mut processor_ids = Vec::with_capacity(n);
-        let mut input_ids = Vec::with_capacity(n);
-        let mut attention_mask = Vec::with_capacity(n);
-        for row in rows {
-            let (real, pad) = (row.len(), width - row.len());
-            let pads = std::iter::repeat_n(self.text_pad_token, pad);
-            let mut mask = vec![true; queries];
-            let padded: Vec<u32> = if decoder_only {
-                mask.extend((0..width).map(|i| i >= pad));
-                pads.chain(row).collect()
-            } else {
-                mask.extend((0..width).map(|i| i < real));
-                row.into_iter().chain(pads).collect()
-            };
-            // OPT's processors see the input row, image tokens included (transformers passes
-            // input_ids to generate); for legacy checkpoints without image tokens only the text.
-            // T5's processors see the decoder ids, starting with decoder_start_token_id.
-            let seen = match &self.language_model {
-                TextModel::Opt(_) | TextModel::Llama(_) => {
-                    let mut seen = if self.image_token.is_some() {
-                        image_ids.clone()
-                    } else {
-                        Vec::new()
-                    };
-                    seen.extend_from_slice(&padded);
-                    seen
-                }
-                TextModel::T5(lm) => vec![lm.decoder_start()],
-            };
-            processor_ids.push(seen);
-            attention_mask.push(mask);
-            input_ids.push(image_ids.iter().chain(&padded).copied().collect());
-            text_ids.push(padded);
-        }
-        debug_assert!(self.image_token.is_none() || queries == self.num_image_tokens);
-        let text_embeds = match &self.language_model {
-            TextModel::Opt(lm) => lm.embed_tokens(&text_ids)?,
-            TextModel::T5(lm) => lm.embed_tokens(&text_ids)?,
-            TextModel::Llama(lm) => lm.embed_tokens(&text_ids)?,
-        };
+        debug_assert!(self.layout.tokens().image.is_none() || queries == self.num_image_tokens);
+        let rows = self.layout.batch(rows, queries);
+        let text_embeds = self.language_model.embed_tokens(&rows.text_ids)?;
         // The projection runs in the vision side's precision, the language model maybe in another.
         let projected = projected.clone().cast(text_embeds.dtype());
         let embeds = Tensor::cat(vec![projected, text_embeds], 1);
         Ok(Prompt {
             embeds,
-            attention_mask,
-            input_ids,
-            processor_ids,
+            attention_mask: rows.attention_mask,
+            input_ids: rows.input_ids,
+            processor_ids: rows.processor_ids,
         })
     }
 }
@@ -736,17 +685,10 @@ impl Blip2 {
                     .map_err(|e| Error::Tokenization(format!("cannot tokenize {text:?}: {e}")))
             })
             .collect::<Result<Vec<_>>>()?;
-        let width = rows.iter().map(Vec::len).max().unwrap_or(0);
-        let attention_mask = rows
-            .iter()
-            .map(|r| (0..width).map(|i| i < r.len()).collect())
-            .collect();
-        let ids = rows
+        let (ids, padding) = pad_right(rows, *pad);
+        let attention_mask = padding
             .into_iter()
-            .map(|mut r| {
-                r.resize(width, *pad);
-                r
-            })
+            .map(|r| r.into_iter().map(|p| !p).collect())
             .collect();
         Ok(InstructionRows {
             ids,

@@ -171,18 +171,7 @@ impl Blip2Retrieval {
             }
             rows.push(ids);
         }
-        let width = rows.iter().map(Vec::len).max().unwrap_or(0);
-        let padding = rows
-            .iter()
-            .map(|r| (0..width).map(|i| i >= r.len()).collect())
-            .collect();
-        let ids = rows
-            .into_iter()
-            .map(|mut r| {
-                r.resize(width, self.pad_token);
-                r
-            })
-            .collect();
+        let (ids, padding) = crate::prompt::pad_right(rows, self.pad_token);
         Ok(TokenizedTexts { ids, padding })
     }
 

@@ -191,7 +191,8 @@ fn llama_special_tokens_come_from_where_transformers_takes_them() {
 }
 
 /// transformers 5.24's BLIP-2 and InstructBLIP `generate` stop on `text_config.eos_token_id`
-/// and pad with its `pad_token_id`, whatever the top-level generation_config.json says
+/// and pad with its `pad_token_id` (T5 starts its decoder from its `decoder_start_token_id`),
+/// whatever the top-level generation_config.json says
 /// (tools/parity/check_generation_config_precedence.py shows it): a copy of each fixture whose
 /// generation_config.json names other ids still takes config.json's.
 #[test]
@@ -217,11 +218,17 @@ fn the_model_configs_eos_and_pad_win_over_generation_config_json() {
             serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
         generation["eos_token_id"] = 77.into();
         generation["pad_token_id"] = 78.into();
+        generation["decoder_start_token_id"] = 79.into();
         std::fs::write(&file, generation.to_string()).unwrap();
         let model = Blip2::from_pretrained(copy.path()).unwrap();
         let config = model.generation_config();
         assert_eq!(config.eos_token_id, vec![eos], "{fixture}");
         assert_eq!(config.pad_token_id, Some(pad), "{fixture}");
+        let tokens = model.input_layout().tokens();
+        assert_eq!((tokens.eos, tokens.pad), (Some(eos), pad), "{fixture}");
+        // T5's decoder starts from text_config's id (0 here), not the file's 79.
+        let start = (fixture == "tiny-t5").then_some(0);
+        assert_eq!(tokens.decoder_start, start, "{fixture}");
     }
 }
 

@@ -103,6 +103,42 @@ impl TextConfig {
         !matches!(self, TextConfig::T5(_))
     }
 
+    /// The end-of-sequence ids (`eos_token_id`, possibly several).
+    pub fn eos_token_ids(&self) -> Vec<u32> {
+        match self {
+            TextConfig::Opt(c) => c.eos_token_ids(),
+            TextConfig::T5(c) => c.eos_token_ids(),
+            TextConfig::Llama(c) => c.eos_token_ids(),
+        }
+    }
+
+    /// The padding id (`pad_token_id`).
+    pub fn pad_token_id(&self) -> Option<u32> {
+        match self {
+            TextConfig::Opt(c) => c.pad_token_id,
+            TextConfig::T5(c) => c.pad_token_id,
+            TextConfig::Llama(c) => c.pad_token_id,
+        }
+    }
+
+    /// The beginning-of-sequence id (`bos_token_id`; T5 has none).
+    pub fn bos_token_id(&self) -> Option<u32> {
+        match self {
+            TextConfig::Opt(c) => c.bos_token_id,
+            TextConfig::T5(_) => None,
+            TextConfig::Llama(c) => c.bos_token_id,
+        }
+    }
+
+    /// The first decoder id of an encoder-decoder model ([`T5Config::decoder_start`]); `None` for
+    /// decoder-only ones.
+    pub fn decoder_start(&self) -> Option<u32> {
+        match self {
+            TextConfig::T5(c) => Some(c.decoder_start()),
+            TextConfig::Opt(_) | TextConfig::Llama(_) => None,
+        }
+    }
+
     fn from_value(value: serde_json::Value) -> std::result::Result<Self, ConfigParseError> {
         let model_type = value
             .get("model_type")
