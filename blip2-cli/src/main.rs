@@ -483,28 +483,7 @@ fn run(mut cli: Cli) -> Result<(), AnyError> {
             output,
             images,
             dataset,
-        } => {
-            dataset.check_usage()?;
-            if dataset.is_dataset_mode() {
-                generation.check()?;
-                if generation.timings || output.stream || output.text_only {
-                    return Err(
-                        "--timings, --stream and --text-only are for images given on the \
-                                command line, not for a dataset"
-                            .into(),
-                    );
-                }
-                let run = dataset::DatasetRun::prepare(&dataset, &images)?;
-                let blip2 = load_blip2(&model)?;
-                let config = generation.apply(blip2.generation_config());
-                return dataset::caption_dataset(&blip2, &config, run);
-            }
-            if images.is_empty() {
-                return Err("give images to caption, or --dir / --input-list".into());
-            }
-            let job = Job::new(&model, &generation, &output, images.len())?;
-            job.generate(&images, &[], dataset.batch_size)
-        }
+        } => caption(&model, &generation, &output, &images, &dataset),
         Command::Ask {
             model,
             generation,
@@ -512,25 +491,14 @@ fn run(mut cli: Cli) -> Result<(), AnyError> {
             image,
             questions,
             question_template,
-        } => {
-            let job = Job::new(&model, &generation, &output, 1)?;
-            let template = match question_template {
-                Some(t) => t,
-                None => {
-                    // A missing image is reported before the checkpoint is opened.
-                    check_images(std::slice::from_ref(&image))?;
-                    default_question_template(&model)?
-                }
-            };
-            let prompts = fill_template(&template, &questions, "--question-template")?;
-            if let [prompt] = prompts.as_slice() {
-                return job.generate(&[image], std::slice::from_ref(prompt), 1);
-            }
-            if output.stream || generation.timings {
-                return Err("--stream and --timings take one --question".into());
-            }
-            job.ask_many(&image, &questions, &prompts)
-        }
+        } => ask(
+            &model,
+            &generation,
+            &output,
+            image,
+            &questions,
+            question_template,
+        ),
         Command::Generate {
             model,
             generation,
@@ -538,113 +506,201 @@ fn run(mut cli: Cli) -> Result<(), AnyError> {
             images,
             prompts,
             prompt_template,
-        } => {
-            let job = Job::new(&model, &generation, &output, images.len())?;
-            if prompts.len() != 1 && prompts.len() != images.len() {
-                return Err(format!(
-                    "{} prompts for {} images: give one prompt, or one per image",
-                    prompts.len(),
-                    images.len()
-                )
-                .into());
-            }
-            let prompts = match &prompt_template {
-                Some(template) => fill_template(template, &prompts, "--prompt-template")?,
-                None => prompts,
-            };
-            job.generate(&images, &prompts, dataset::DEFAULT_BATCH_SIZE)
-        }
+        } => generate(
+            &model,
+            &generation,
+            &output,
+            &images,
+            prompts,
+            prompt_template.as_deref(),
+        ),
         Command::Match {
             model,
             images,
             texts,
             itc_only,
-        } => {
-            check_images(&images)?;
-            let retrieval = load_retrieval(&model)?;
-            let decoded = load_images(&images)?;
-            let Scores { itc, itm } = retrieval.scores(&decoded, &texts, !itc_only)?;
-            if model.json {
-                let mut doc = json!({
-                    "model": model.model, "images": images, "texts": texts, "itc": itc,
-                });
-                if let Some(itm) = itm {
-                    doc["itm"] = itm.into();
-                }
-                print_json(&doc)?;
-            } else {
-                for (i, image) in images.iter().enumerate() {
-                    for (j, text) in texts.iter().enumerate() {
-                        match &itm {
-                            Some(itm) => out!(
-                                "{image}\t{text}\titm {:.4}\titc {:.4}",
-                                itm[i][j],
-                                itc[i][j]
-                            )?,
-                            None => out!("{image}\t{text}\titc {:.4}", itc[i][j])?,
-                        }
-                    }
-                }
-            }
-            Ok(())
-        }
+        } => match_texts(&model, &images, &texts, itc_only),
         Command::Embed {
             model,
             images,
             texts,
-        } => {
-            if images.is_empty() && texts.is_empty() {
-                return Err("give images and/or --text".into());
-            }
-            check_images(&images)?;
-            let retrieval = load_retrieval(&model)?;
-            let mut doc = json!({ "model": model.model });
-            if !images.is_empty() {
-                let decoded = load_images(&images)?;
-                let embeddings = retrieval.image_embeddings(&decoded)?;
-                doc["images"] = images
-                    .iter()
-                    .zip(embeddings)
-                    .map(|(image, e)| json!({ "image": image, "embedding": e }))
-                    .collect();
-            }
-            if !texts.is_empty() {
-                let embeddings = retrieval.text_embeddings(&texts)?;
-                doc["texts"] = texts
-                    .iter()
-                    .zip(embeddings)
-                    .map(|(text, e)| json!({ "text": text, "embedding": e }))
-                    .collect();
-            }
-            print_json(&doc)
-        }
+        } => embed(&model, &images, &texts),
         Command::Serve { model, serve } => serve::run(&model, &serve),
-        Command::Inspect { model, images } => {
-            check_images(&images)?;
-            let checkpoint = Checkpoint::open(&model.model, model.revision.as_deref())?;
-            let mut seen = Vec::new();
-            for path in &images {
-                let image = read_image(path)?;
-                let pixels = checkpoint.image_processor().preprocess(&image)?;
-                seen.push((path, image.width(), image.height(), pixels.shape()));
+        Command::Inspect { model, images } => inspect(&model, &images),
+    }
+}
+
+/// `blip2 caption`: images from the command line, or a dataset.
+fn caption(
+    model: &ModelArgs,
+    generation: &GenerationArgs,
+    output: &OutputArgs,
+    images: &[String],
+    dataset: &dataset::DatasetArgs,
+) -> Result<(), AnyError> {
+    dataset.check_usage()?;
+    if dataset.is_dataset_mode() {
+        generation.check()?;
+        if generation.timings || output.stream || output.text_only {
+            return Err(
+                "--timings, --stream and --text-only are for images given on the \
+                        command line, not for a dataset"
+                    .into(),
+            );
+        }
+        let run = dataset::DatasetRun::prepare(dataset, images)?;
+        let blip2 = load_blip2(model)?;
+        let config = generation.apply(blip2.generation_config());
+        return dataset::caption_dataset(&blip2, &config, run);
+    }
+    if images.is_empty() {
+        return Err("give images to caption, or --dir / --input-list".into());
+    }
+    let job = Job::new(model, generation, output, images.len())?;
+    job.generate(images, &[], dataset.batch_size)
+}
+
+/// `blip2 ask`: questions about one image.
+fn ask(
+    model: &ModelArgs,
+    generation: &GenerationArgs,
+    output: &OutputArgs,
+    image: String,
+    questions: &[String],
+    question_template: Option<String>,
+) -> Result<(), AnyError> {
+    let job = Job::new(model, generation, output, 1)?;
+    let template = match question_template {
+        Some(t) => t,
+        None => {
+            // A missing image is reported before the checkpoint is opened.
+            check_images(std::slice::from_ref(&image))?;
+            default_question_template(model)?
+        }
+    };
+    let prompts = fill_template(&template, questions, "--question-template")?;
+    if let [prompt] = prompts.as_slice() {
+        return job.generate(&[image], std::slice::from_ref(prompt), 1);
+    }
+    if output.stream || generation.timings {
+        return Err("--stream and --timings take one --question".into());
+    }
+    job.ask_many(&image, questions, &prompts)
+}
+
+/// `blip2 generate`: raw prompts, one for all images or one per image.
+fn generate(
+    model: &ModelArgs,
+    generation: &GenerationArgs,
+    output: &OutputArgs,
+    images: &[String],
+    prompts: Vec<String>,
+    prompt_template: Option<&str>,
+) -> Result<(), AnyError> {
+    let job = Job::new(model, generation, output, images.len())?;
+    if prompts.len() != 1 && prompts.len() != images.len() {
+        return Err(format!(
+            "{} prompts for {} images: give one prompt, or one per image",
+            prompts.len(),
+            images.len()
+        )
+        .into());
+    }
+    let prompts = match prompt_template {
+        Some(template) => fill_template(template, &prompts, "--prompt-template")?,
+        None => prompts,
+    };
+    job.generate(images, &prompts, dataset::DEFAULT_BATCH_SIZE)
+}
+
+/// `blip2 match`: ITC (and ITM) scores of every image with every text.
+fn match_texts(
+    model: &ModelArgs,
+    images: &[String],
+    texts: &[String],
+    itc_only: bool,
+) -> Result<(), AnyError> {
+    check_images(images)?;
+    let retrieval = load_retrieval(model)?;
+    let decoded = load_images(images)?;
+    let Scores { itc, itm } = retrieval.scores(&decoded, texts, !itc_only)?;
+    if model.json {
+        let mut doc = json!({
+            "model": model.model, "images": images, "texts": texts, "itc": itc,
+        });
+        if let Some(itm) = itm {
+            doc["itm"] = itm.into();
+        }
+        return print_json(&doc);
+    }
+    for (i, image) in images.iter().enumerate() {
+        for (j, text) in texts.iter().enumerate() {
+            match &itm {
+                Some(itm) => out!(
+                    "{image}\t{text}\titm {:.4}\titc {:.4}",
+                    itm[i][j],
+                    itc[i][j]
+                )?,
+                None => out!("{image}\t{text}\titc {:.4}", itc[i][j])?,
             }
-            if model.json {
-                let mut doc = serde_json::to_value(checkpoint.info())?;
-                doc["images_seen"] = seen
-                    .iter()
-                    .map(|(path, w, h, shape)| {
-                        json!({ "image": path, "width": w, "height": h, "pixel_values": shape })
-                    })
-                    .collect();
-                return print_json(&doc);
-            }
-            out!("{}", checkpoint.summary())?;
-            for (path, w, h, shape) in seen {
-                out!("image        {path}: {w}x{h} -> pixel_values {shape:?}")?;
-            }
-            Ok(())
         }
     }
+    Ok(())
+}
+
+/// `blip2 embed`: ITC embeddings of images and texts, as JSON.
+fn embed(model: &ModelArgs, images: &[String], texts: &[String]) -> Result<(), AnyError> {
+    if images.is_empty() && texts.is_empty() {
+        return Err("give images and/or --text".into());
+    }
+    check_images(images)?;
+    let retrieval = load_retrieval(model)?;
+    let mut doc = json!({ "model": model.model });
+    if !images.is_empty() {
+        let decoded = load_images(images)?;
+        let embeddings = retrieval.image_embeddings(&decoded)?;
+        doc["images"] = images
+            .iter()
+            .zip(embeddings)
+            .map(|(image, e)| json!({ "image": image, "embedding": e }))
+            .collect();
+    }
+    if !texts.is_empty() {
+        let embeddings = retrieval.text_embeddings(texts)?;
+        doc["texts"] = texts
+            .iter()
+            .zip(embeddings)
+            .map(|(text, e)| json!({ "text": text, "embedding": e }))
+            .collect();
+    }
+    print_json(&doc)
+}
+
+/// `blip2 inspect`: what a checkpoint is, and what its processor makes of images.
+fn inspect(model: &ModelArgs, images: &[String]) -> Result<(), AnyError> {
+    check_images(images)?;
+    let checkpoint = Checkpoint::open(&model.model, model.revision.as_deref())?;
+    let mut seen = Vec::new();
+    for path in images {
+        let image = read_image(path)?;
+        let pixels = checkpoint.image_processor().preprocess(&image)?;
+        seen.push((path, image.width(), image.height(), pixels.shape()));
+    }
+    if model.json {
+        let mut doc = serde_json::to_value(checkpoint.info())?;
+        doc["images_seen"] = seen
+            .iter()
+            .map(|(path, w, h, shape)| {
+                json!({ "image": path, "width": w, "height": h, "pixel_values": shape })
+            })
+            .collect();
+        return print_json(&doc);
+    }
+    out!("{}", checkpoint.summary())?;
+    for (path, w, h, shape) in seen {
+        out!("image        {path}: {w}x{h} -> pixel_values {shape:?}")?;
+    }
+    Ok(())
 }
 
 fn device(model: &ModelArgs) -> Result<blip2::Device, AnyError> {
