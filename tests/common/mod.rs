@@ -10,8 +10,8 @@ use std::sync::OnceLock;
 use blip2::lm::{LanguageModel, Prompt};
 use blip2::preprocess::{load_image, ImageLimits};
 use blip2::{
-    Blip2, EarlyStopping, GenerationConfig, Quantization, StopReason, Tensor, TextModel,
-    WeightDType,
+    Blip2, EarlyStopping, Generation, GenerationConfig, Quantization, StopReason, Tensor,
+    TextModel, WeightDType,
 };
 use burn::tensor::{Bool, TensorData};
 use safetensors::SafeTensors;
@@ -238,121 +238,163 @@ pub fn run_case_in(fixture: &str, name: &str, precision: &Precision) {
     let case = case_in(fixture, name, precision);
     let model = model_with(fixture, precision.dtype, precision.quantization);
     let tolerance = precision.tolerance * backend_slack();
-    // The largest logit difference to transformers seen in this case (first step, and every step
-    // teacher-forced when the goldens have them).
-    let mut noise: Option<f32> = None;
     let imgs = images(&case);
     let prompts = prompts(&case);
     let prompt_refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
-    let config = config_for(model, &case["generate_kwargs"]);
-
-    // The input rows are the ones transformers' processor builds (InstructBLIP: the Q-Former's
-    // rows too).
-    if let Some(ids) = case["qformer_input_ids"].as_array() {
-        let rows = model.instruction_rows(&prompt_refs).unwrap();
-        let expected: Vec<Vec<u32>> = ids.iter().map(token_row).collect();
-        assert_eq!(rows.ids, expected, "{name}: qformer_input_ids");
-        let expected: Vec<Vec<bool>> = case["qformer_attention_mask"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| token_row(r).iter().map(|&v| v == 1).collect())
-            .collect();
-        assert_eq!(
-            rows.attention_mask, expected,
-            "{name}: qformer_attention_mask"
-        );
+    if case["qformer_input_ids"].is_array() {
+        check_instruction_rows(model, &case, &prompt_refs);
     }
     let embeddings = model.encode_images(&imgs).unwrap();
     let prompt = model.prompt(&embeddings, &prompt_refs).unwrap();
-    if let Some(ids) = case["input_ids"].as_array() {
-        let expected: Vec<Vec<u32>> = ids.iter().map(token_row).collect();
-        assert_eq!(prompt.input_ids, expected, "{name}: input_ids");
-        let mask: Vec<Vec<bool>> = case["attention_mask"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| {
-                r.as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.as_u64().unwrap() == 1)
-                    .collect()
-            })
-            .collect();
-        assert_eq!(prompt.attention_mask, mask, "{name}: attention_mask");
-
-        // First-step logits (and, for T5, the encoder output).
+    // The largest logit difference to transformers seen in this case (first step, and every step
+    // teacher-forced when the goldens have them).
+    let mut noise: Option<f32> = None;
+    if case["input_ids"].is_array() {
+        check_input_rows(&case, &prompt);
         let bytes = std::fs::read(fixtures().join(fixture).join(precision.tensors)).unwrap();
         let goldens = SafeTensors::deserialize(&bytes).unwrap();
-        if let TextModel::T5(lm) = model.language_model() {
-            let padding: Vec<bool> = prompt.attention_mask.iter().flatten().map(|k| !k).collect();
-            let [rows, len, _] = prompt.embeds.dims();
-            let padding = Tensor::<4, Bool>::from_data(
-                TensorData::new(padding, [rows, 1, 1, len]),
-                &prompt.embeds.device(),
-            );
-            let encoded = lm.encode(prompt.embeds.clone(), padding);
-            compare(
-                &goldens,
-                &format!("{name}.encoder_last_hidden_state"),
-                encoded,
-                name,
-                tolerance,
-            );
-        }
-        let logits = first_logits(model, &prompt);
-        if precision.dtype != WeightDType::F32 {
-            let key = format!("{name}.first_logits");
-            let exact_bytes = std::fs::read(fixtures().join(fixture).join(F32.tensors)).unwrap();
-            let exact = SafeTensors::deserialize(&exact_bytes).unwrap();
-            let ours = values(logits.clone());
-            let theirs = f32_values(&goldens.tensor(&key).unwrap());
-            let exact = f32_values(&exact.tensor(&key).unwrap());
-            let (to_f32, theirs_to_f32) = if precision.logits_held {
-                check_accuracy(&key, &ours, &theirs, &exact)
-            } else {
-                distances_from_exact(&ours, &theirs, &exact)
-            };
-            println!(
-                "{name}: {key} rms from f32: ours {to_f32:.2e}, transformers {theirs_to_f32:.2e}"
-            );
-        }
-        noise = Some(compare(
-            &goldens,
-            &format!("{name}.first_logits"),
-            logits,
+        let at = Golden {
+            fixture,
             name,
+            goldens: &goldens,
             tolerance,
-        ));
-        if let Some(forced) = case["forced_tokens"].as_array() {
-            let forced: Vec<Vec<u32>> = forced.iter().map(token_row).collect();
-            let steps = match model.language_model() {
-                TextModel::Opt(lm) => forced_logits(lm.as_ref(), &prompt, &forced),
-                TextModel::T5(lm) => forced_logits(lm.as_ref(), &prompt, &forced),
-                TextModel::Llama(lm) => forced_logits(lm.as_ref(), &prompt, &forced),
-                _ => unreachable!("a language model the tests do not know"),
-            };
-            let key = format!("{name}.step_logits");
-            let golden = goldens.tensor(&key).unwrap();
-            let theirs = f32_values(&golden);
-            let per_step = theirs.len() / steps.len();
-            let worst = steps
-                .into_iter()
-                .enumerate()
-                .map(|(t, logits)| {
-                    max_abs(&values(logits), &theirs[t * per_step..(t + 1) * per_step])
-                })
-                .fold(0f32, f32::max);
-            println!("{name}: {key} (teacher-forced, every step) max-abs {worst:e}");
-            assert!(worst <= tolerance, "{key}: max-abs {worst} > {tolerance}");
-            noise = noise.map(|n| n.max(worst));
-        }
+        };
+        let first = check_first_step(model, &at, &prompt, precision);
+        let forced = check_forced_steps(model, &at, &case, &prompt);
+        noise = Some(forced.map_or(first, |f| first.max(f)));
     }
-
+    let config = config_for(model, &case["generate_kwargs"]);
     let out = model
         .generate_from_embeddings(&embeddings, &prompt_refs, &config)
         .unwrap();
+    check_generated(&case, &out, &config, precision, noise.unwrap_or(tolerance));
+}
+
+/// One case's goldens, and the tolerance its logits are held to.
+struct Golden<'a> {
+    fixture: &'a str,
+    name: &'a str,
+    goldens: &'a SafeTensors<'a>,
+    tolerance: f32,
+}
+
+/// InstructBLIP: the Q-Former's input rows are the ones transformers' processor builds.
+fn check_instruction_rows(model: &Blip2, case: &Value, prompts: &[&str]) {
+    let name = case["name"].as_str().unwrap();
+    let rows = model.instruction_rows(prompts).unwrap();
+    let expected: Vec<Vec<u32>> = case["qformer_input_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(token_row)
+        .collect();
+    assert_eq!(rows.ids, expected, "{name}: qformer_input_ids");
+    let expected = mask_rows(&case["qformer_attention_mask"]);
+    assert_eq!(
+        rows.attention_mask, expected,
+        "{name}: qformer_attention_mask"
+    );
+}
+
+/// The language model's input rows are the ones transformers' processor builds.
+fn check_input_rows(case: &Value, prompt: &Prompt) {
+    let name = case["name"].as_str().unwrap();
+    let expected: Vec<Vec<u32>> = case["input_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(token_row)
+        .collect();
+    assert_eq!(prompt.input_ids, expected, "{name}: input_ids");
+    let mask = mask_rows(&case["attention_mask"]);
+    assert_eq!(prompt.attention_mask, mask, "{name}: attention_mask");
+}
+
+/// A golden attention mask (rows of 0/1) as booleans.
+fn mask_rows(value: &Value) -> Vec<Vec<bool>> {
+    value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| token_row(r).iter().map(|&v| v == 1).collect())
+        .collect()
+}
+
+/// First-step logits (and, for T5, the encoder output) within the tolerance; in reduced
+/// precision also no farther from f32 than the rules allow. Returns the logits' max-abs.
+fn check_first_step(model: &Blip2, at: &Golden, prompt: &Prompt, precision: &Precision) -> f32 {
+    let name = at.name;
+    if let TextModel::T5(lm) = model.language_model() {
+        let padding: Vec<bool> = prompt.attention_mask.iter().flatten().map(|k| !k).collect();
+        let [rows, len, _] = prompt.embeds.dims();
+        let padding = Tensor::<4, Bool>::from_data(
+            TensorData::new(padding, [rows, 1, 1, len]),
+            &prompt.embeds.device(),
+        );
+        let encoded = lm.encode(prompt.embeds.clone(), padding);
+        let key = format!("{name}.encoder_last_hidden_state");
+        compare(at.goldens, &key, encoded, name, at.tolerance);
+    }
+    let logits = first_logits(model, prompt);
+    let key = format!("{name}.first_logits");
+    if precision.dtype != WeightDType::F32 {
+        let exact_bytes = std::fs::read(fixtures().join(at.fixture).join(F32.tensors)).unwrap();
+        let exact = SafeTensors::deserialize(&exact_bytes).unwrap();
+        let ours = values(logits.clone());
+        let theirs = f32_values(&at.goldens.tensor(&key).unwrap());
+        let exact = f32_values(&exact.tensor(&key).unwrap());
+        let (to_f32, theirs_to_f32) = if precision.logits_held {
+            check_accuracy(&key, &ours, &theirs, &exact)
+        } else {
+            distances_from_exact(&ours, &theirs, &exact)
+        };
+        println!("{name}: {key} rms from f32: ours {to_f32:.2e}, transformers {theirs_to_f32:.2e}");
+    }
+    compare(at.goldens, &key, logits, name, at.tolerance)
+}
+
+/// Every step's logits, teacher-forced on transformers' tokens, within the tolerance, when the
+/// case has them. Returns the worst max-abs.
+fn check_forced_steps(model: &Blip2, at: &Golden, case: &Value, prompt: &Prompt) -> Option<f32> {
+    let forced: Vec<Vec<u32>> = case["forced_tokens"]
+        .as_array()?
+        .iter()
+        .map(token_row)
+        .collect();
+    let steps = match model.language_model() {
+        TextModel::Opt(lm) => forced_logits(lm.as_ref(), prompt, &forced),
+        TextModel::T5(lm) => forced_logits(lm.as_ref(), prompt, &forced),
+        TextModel::Llama(lm) => forced_logits(lm.as_ref(), prompt, &forced),
+        _ => unreachable!("a language model the tests do not know"),
+    };
+    let key = format!("{}.step_logits", at.name);
+    let theirs = f32_values(&at.goldens.tensor(&key).unwrap());
+    let per_step = theirs.len() / steps.len();
+    let worst = steps
+        .into_iter()
+        .enumerate()
+        .map(|(t, logits)| max_abs(&values(logits), &theirs[t * per_step..(t + 1) * per_step]))
+        .fold(0f32, f32::max);
+    println!(
+        "{}: {key} (teacher-forced, every step) max-abs {worst:e}",
+        at.name
+    );
+    let tolerance = at.tolerance;
+    assert!(worst <= tolerance, "{key}: max-abs {worst} > {tolerance}");
+    Some(worst)
+}
+
+/// The generated ids: exactly transformers' in f32 where every step's choice was clear (then the
+/// texts and stop reasons too), else up to the first step that `noise` could decide.
+fn check_generated(
+    case: &Value,
+    out: &[Vec<Generation>],
+    config: &GenerationConfig,
+    precision: &Precision,
+    noise: f32,
+) {
+    let name = case["name"].as_str().unwrap();
+    let tolerance = precision.tolerance * backend_slack();
     let expected: Vec<Vec<u32>> = case["new_tokens"]
         .as_array()
         .unwrap()
@@ -363,13 +405,13 @@ pub fn run_case_in(fixture: &str, name: &str, precision: &Precision) {
     println!("{name}: {ours:?}");
     if precision.dtype != WeightDType::F32 {
         // Reduced precision: the same choices as long as transformers' own were clear.
-        check_clear_steps(name, &case, &ours, &expected, noise.unwrap_or(tolerance));
+        check_clear_steps(name, case, &ours, &expected, noise);
         return;
     }
-    if !every_step_clear(&case, tolerance) {
+    if !every_step_clear(case, tolerance) {
         // f32, but transformers' own choice at some step was within the tolerance (a tie that
         // summation order decides): the ids up to that step, and nothing after it.
-        check_clear_steps(name, &case, &ours, &expected, tolerance);
+        check_clear_steps(name, case, &ours, &expected, tolerance);
         return;
     }
     assert_eq!(ours, expected, "{name}: generated ids");
