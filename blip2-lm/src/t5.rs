@@ -80,72 +80,287 @@ impl T5Attention {
     }
 }
 
-/// `T5LayerFF`: RMS norm, then `wo(act(wi_0 x) * wi_1 x)` (gated) or `wo(act(wi x))`, residual.
+/// `T5LayerSelfAttention`: RMS norm, self-attention, residual.
 #[derive(Module, Debug)]
-pub struct T5LayerFF {
-    wi: Option<Dense>,
-    wi_0: Option<Dense>,
-    wi_1: Option<Dense>,
-    wo: Dense,
+pub struct T5LayerSelfAttention {
+    self_attention: T5Attention,
     layer_norm: T5LayerNorm,
-    #[module(skip)]
-    activation: Activation,
 }
 
-impl T5LayerFF {
+impl T5LayerSelfAttention {
+    /// Loads `layer.0` of a block.
     fn load(w: &Weights, c: &T5Config, device: &Device) -> Result<Self> {
-        let ff = c.feed_forward()?;
-        let dense = w.pp("DenseReluDense");
-        let lin = |name: &str| nn::linear(&dense.pp(name), c.d_model, c.d_ff, false, device);
-        let (wi, wi_0, wi_1) = if ff.gated {
-            (None, Some(lin("wi_0")?), Some(lin("wi_1")?))
-        } else {
-            (Some(lin("wi")?), None, None)
-        };
-        Ok(T5LayerFF {
-            wi,
-            wi_0,
-            wi_1,
-            wo: nn::linear(&dense.pp("wo"), c.d_ff, c.d_model, false, device)?,
+        Ok(T5LayerSelfAttention {
+            self_attention: T5Attention::load(&w.pp("SelfAttention"), c, device)?,
             layer_norm: T5LayerNorm::load(
                 &w.pp("layer_norm"),
                 c.d_model,
                 c.layer_norm_epsilon,
                 device,
             )?,
-            activation: ff.activation,
+        })
+    }
+
+    /// Over the whole sequence (the encoder), `padding` true at padded keys.
+    fn forward(&self, x: Tensor<3>, padding: Tensor<4, Bool>, bias: Tensor<4>) -> Tensor<3> {
+        let h = self.layer_norm.forward(x.clone());
+        let (k, v) = self.self_attention.kv(h.clone());
+        x + self
+            .self_attention
+            .attend(h, k, v, Some(padding), Some(bias))
+    }
+
+    /// One new position per row (the decoder), its keys and values appended to layer `layer` of
+    /// `cache`.
+    fn forward_cached(
+        &self,
+        x: Tensor<3>,
+        cache: &mut KvCache,
+        layer: usize,
+        bias: Tensor<4>,
+    ) -> Tensor<3> {
+        let h = self.layer_norm.forward(x.clone());
+        let (k, v) = self.self_attention.kv(h.clone());
+        let (k, v) = cache.write(layer, k, v);
+        x + self.self_attention.attend(h, k, v, None, Some(bias))
+    }
+}
+
+/// `T5LayerCrossAttention`: RMS norm, attention to the encoder output, residual.
+#[derive(Module, Debug)]
+pub struct T5LayerCrossAttention {
+    enc_dec_attention: T5Attention,
+    layer_norm: T5LayerNorm,
+}
+
+impl T5LayerCrossAttention {
+    /// Loads `layer.1` of a decoder block.
+    fn load(w: &Weights, c: &T5Config, device: &Device) -> Result<Self> {
+        Ok(T5LayerCrossAttention {
+            enc_dec_attention: T5Attention::load(&w.pp("EncDecAttention"), c, device)?,
+            layer_norm: T5LayerNorm::load(
+                &w.pp("layer_norm"),
+                c.d_model,
+                c.layer_norm_epsilon,
+                device,
+            )?,
+        })
+    }
+
+    /// The keys and values of the encoder output, computed once per generation.
+    fn kv(&self, encoded: Tensor<3>) -> (Tensor<4>, Tensor<4>) {
+        self.enc_dec_attention.kv(encoded)
+    }
+
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        (k, v): (Tensor<4>, Tensor<4>),
+        encoder_padding: Tensor<4, Bool>,
+    ) -> Tensor<3> {
+        let h = self.layer_norm.forward(x.clone());
+        x + self
+            .enc_dec_attention
+            .attend(h, k, v, Some(encoder_padding), None)
+    }
+}
+
+/// `T5DenseActDense`: `wo(act(wi x))` (original T5).
+#[derive(Module, Debug)]
+pub struct T5DenseActDense {
+    wi: Dense,
+    wo: Dense,
+    #[module(skip)]
+    activation: Activation,
+}
+
+/// `T5DenseGatedActDense`: `wo(act(wi_0 x) * wi_1 x)` (T5 v1.1, Flan-T5).
+#[derive(Module, Debug)]
+pub struct T5DenseGatedActDense {
+    wi_0: Dense,
+    wi_1: Dense,
+    wo: Dense,
+    #[module(skip)]
+    activation: Activation,
+}
+
+/// The feed-forward of [`T5LayerFF`], as `feed_forward_proj` says.
+#[derive(Module, Debug)]
+pub enum T5DenseReluDense {
+    /// Not gated (`"relu"`, …).
+    ActDense(T5DenseActDense),
+    /// Gated (`"gated-gelu"`, …).
+    GatedActDense(T5DenseGatedActDense),
+}
+
+impl T5DenseReluDense {
+    /// Loads `DenseReluDense`.
+    fn load(w: &Weights, c: &T5Config, device: &Device) -> Result<Self> {
+        let ff = c.feed_forward()?;
+        let lin = |name: &str| nn::linear(&w.pp(name), c.d_model, c.d_ff, false, device);
+        let wo = nn::linear(&w.pp("wo"), c.d_ff, c.d_model, false, device)?;
+        Ok(if ff.gated {
+            T5DenseReluDense::GatedActDense(T5DenseGatedActDense {
+                wi_0: lin("wi_0")?,
+                wi_1: lin("wi_1")?,
+                wo,
+                activation: ff.activation,
+            })
+        } else {
+            T5DenseReluDense::ActDense(T5DenseActDense {
+                wi: lin("wi")?,
+                wo,
+                activation: ff.activation,
+            })
+        })
+    }
+
+    fn forward(&self, h: Tensor<3>) -> Tensor<3> {
+        match self {
+            T5DenseReluDense::ActDense(f) => {
+                f.wo.forward(nn::activate(f.activation, f.wi.forward(h)))
+            }
+            T5DenseReluDense::GatedActDense(f) => {
+                let gate = nn::activate(f.activation, f.wi_0.forward(h.clone()));
+                f.wo.forward(gate * f.wi_1.forward(h))
+            }
+        }
+    }
+}
+
+/// `T5LayerFF`: RMS norm, feed-forward, residual.
+#[derive(Module, Debug)]
+pub struct T5LayerFF {
+    dense_relu_dense: T5DenseReluDense,
+    layer_norm: T5LayerNorm,
+}
+
+impl T5LayerFF {
+    /// Loads the last layer of a block.
+    fn load(w: &Weights, c: &T5Config, device: &Device) -> Result<Self> {
+        Ok(T5LayerFF {
+            dense_relu_dense: T5DenseReluDense::load(&w.pp("DenseReluDense"), c, device)?,
+            layer_norm: T5LayerNorm::load(
+                &w.pp("layer_norm"),
+                c.d_model,
+                c.layer_norm_epsilon,
+                device,
+            )?,
         })
     }
 
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let h = self.layer_norm.forward(x.clone());
-        let inner = match (&self.wi, &self.wi_0, &self.wi_1) {
-            (Some(wi), _, _) => nn::activate(self.activation, wi.forward(h)),
-            (None, Some(w0), Some(w1)) => {
-                nn::activate(self.activation, w0.forward(h.clone())) * w1.forward(h)
-            }
-            _ => unreachable!("T5LayerFF is loaded gated or not"),
-        };
-        x + self.wo.forward(inner)
+        x + self.dense_relu_dense.forward(h)
     }
 }
 
-/// One encoder block: self-attention and feed-forward, each pre-normed with a residual.
+/// `T5Block`: self-attention, cross-attention (decoder blocks only), feed-forward.
 #[derive(Module, Debug)]
-pub struct T5EncoderBlock {
-    self_attention: T5Attention,
-    self_attention_norm: T5LayerNorm,
+pub struct T5Block {
+    self_attention: T5LayerSelfAttention,
+    cross_attention: Option<T5LayerCrossAttention>,
     ff: T5LayerFF,
 }
 
-/// One decoder block: causal self-attention, cross-attention to the encoder, feed-forward.
+impl T5Block {
+    /// Loads `block.{i}`: `layer.0` self-attention, then `layer.1` cross-attention for a
+    /// decoder, then the feed-forward.
+    fn load(w: &Weights, c: &T5Config, is_decoder: bool, device: &Device) -> Result<Self> {
+        let layer = w.pp("layer");
+        let cross_attention = if is_decoder {
+            Some(T5LayerCrossAttention::load(&layer.pp(1), c, device)?)
+        } else {
+            None
+        };
+        Ok(T5Block {
+            self_attention: T5LayerSelfAttention::load(&layer.pp(0), c, device)?,
+            ff: T5LayerFF::load(&layer.pp(if is_decoder { 2 } else { 1 }), c, device)?,
+            cross_attention,
+        })
+    }
+}
+
+/// `T5Stack`: the encoder or the decoder: blocks, final RMS norm, and the relative position bias
+/// of the first block, shared by all.
 #[derive(Module, Debug)]
-pub struct T5DecoderBlock {
-    self_attention: T5Attention,
-    self_attention_norm: T5LayerNorm,
-    cross_attention: T5Attention,
-    cross_attention_norm: T5LayerNorm,
-    ff: T5LayerFF,
+pub struct T5Stack {
+    block: Vec<T5Block>,
+    final_layer_norm: T5LayerNorm,
+    #[module(skip)]
+    relative_bias: RelativeBias,
+}
+
+impl T5Stack {
+    /// Loads `encoder` or `decoder` (`w` is its view) with `layers` blocks.
+    fn load(
+        w: &Weights,
+        c: &T5Config,
+        layers: usize,
+        is_decoder: bool,
+        device: &Device,
+    ) -> Result<Self> {
+        let block = (0..layers)
+            .map(|i| T5Block::load(&w.pp("block").pp(i), c, is_decoder, device))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(T5Stack {
+            block,
+            final_layer_norm: T5LayerNorm::load(
+                &w.pp("final_layer_norm"),
+                c.d_model,
+                c.layer_norm_epsilon,
+                device,
+            )?,
+            relative_bias: RelativeBias::load(
+                &w.pp("block.0.layer.0.SelfAttention"),
+                c,
+                !is_decoder,
+            )?,
+        })
+    }
+
+    /// The encoder over the whole sequence: its `last_hidden_state`.
+    fn encode(&self, embeds: Tensor<3>, padding: Tensor<4, Bool>) -> Tensor<3> {
+        let len = embeds.dims()[1];
+        let bias = self.relative_bias.bias(0, len, len, &embeds.device());
+        let mut x = embeds;
+        for block in &self.block {
+            x = block
+                .self_attention
+                .forward(x, padding.clone(), bias.clone());
+            x = block.ff.forward(x);
+        }
+        self.final_layer_norm.forward(x)
+    }
+
+    /// The decoder at one new position per row (`state.cache.len()`): its normed output.
+    fn decode(&self, x: Tensor<3>, state: &mut T5State) -> Tensor<3> {
+        let position = state.cache.len();
+        let bias = self
+            .relative_bias
+            .bias(position, 1, position + 1, &x.device());
+        let mut x = x;
+        for (i, block) in self.block.iter().enumerate() {
+            x = block
+                .self_attention
+                .forward_cached(x, &mut state.cache, i, bias.clone());
+            if let Some(cross) = &block.cross_attention {
+                x = cross.forward(x, state.cross[i].clone(), state.encoder_padding.clone());
+            }
+            x = block.ff.forward(x);
+        }
+        state.cache.advance(1);
+        self.final_layer_norm.forward(x)
+    }
+
+    /// Each decoder block's cross-attention keys and values of `encoded`.
+    fn cross_kv(&self, encoded: &Tensor<3>) -> Vec<(Tensor<4>, Tensor<4>)> {
+        self.block
+            .iter()
+            .filter_map(|b| b.cross_attention.as_ref())
+            .map(|cross| cross.kv(encoded.clone()))
+            .collect()
+    }
 }
 
 /// The relative position bias of a stack's first block: `[buckets, heads]`, kept on the host to
@@ -224,14 +439,8 @@ impl RelativeBias {
 #[derive(Module, Debug)]
 pub struct T5ForConditionalGeneration {
     shared: Param<Tensor<2>>,
-    encoder: Vec<T5EncoderBlock>,
-    encoder_norm: T5LayerNorm,
-    #[module(skip)]
-    encoder_bias: RelativeBias,
-    decoder: Vec<T5DecoderBlock>,
-    decoder_norm: T5LayerNorm,
-    #[module(skip)]
-    decoder_bias: RelativeBias,
+    encoder: T5Stack,
+    decoder: T5Stack,
     /// `[vocab, d_model]` (PyTorch's layout).
     lm_head: Dense,
     /// `d_model^-0.5` when the decoder output is rescaled before a tied head (original T5).
@@ -254,46 +463,9 @@ impl T5ForConditionalGeneration {
     /// Loads `language_model.*` from `w` (the view of `language_model`).
     pub fn load(w: &Weights, c: &T5Config, device: &Device) -> Result<Self> {
         c.validate()?;
-        let (v, d, eps) = (c.vocab_size, c.d_model, c.layer_norm_epsilon);
-        let enc = w.pp("encoder");
-        let dec = w.pp("decoder");
-        let encoder = (0..c.num_layers)
-            .map(|i| {
-                let b = enc.pp("block").pp(i).pp("layer");
-                Ok(T5EncoderBlock {
-                    self_attention: T5Attention::load(&b.pp(0).pp("SelfAttention"), c, device)?,
-                    self_attention_norm: T5LayerNorm::load(
-                        &b.pp(0).pp("layer_norm"),
-                        d,
-                        eps,
-                        device,
-                    )?,
-                    ff: T5LayerFF::load(&b.pp(1), c, device)?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let decoder = (0..c.decoder_layers())
-            .map(|i| {
-                let b = dec.pp("block").pp(i).pp("layer");
-                Ok(T5DecoderBlock {
-                    self_attention: T5Attention::load(&b.pp(0).pp("SelfAttention"), c, device)?,
-                    self_attention_norm: T5LayerNorm::load(
-                        &b.pp(0).pp("layer_norm"),
-                        d,
-                        eps,
-                        device,
-                    )?,
-                    cross_attention: T5Attention::load(&b.pp(1).pp("EncDecAttention"), c, device)?,
-                    cross_attention_norm: T5LayerNorm::load(
-                        &b.pp(1).pp("layer_norm"),
-                        d,
-                        eps,
-                        device,
-                    )?,
-                    ff: T5LayerFF::load(&b.pp(2), c, device)?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let (v, d) = (c.vocab_size, c.d_model);
+        let encoder = T5Stack::load(&w.pp("encoder"), c, c.num_layers, false, device)?;
+        let decoder = T5Stack::load(&w.pp("decoder"), c, c.decoder_layers(), true, device)?;
         let shared = nn::param(w, "shared.weight", [v, d], device)?;
         // A stored lm_head is used as is (Flan-T5); without one the head is tied to `shared`.
         let lm_head = match w.get_optional("lm_head.weight", &[v, d])? {
@@ -301,10 +473,6 @@ impl T5ForConditionalGeneration {
             None => nn::head(w, shared.val())?,
         };
         Ok(T5ForConditionalGeneration {
-            encoder_bias: RelativeBias::load(&enc.pp("block.0.layer.0.SelfAttention"), c, true)?,
-            decoder_bias: RelativeBias::load(&dec.pp("block.0.layer.0.SelfAttention"), c, false)?,
-            encoder_norm: T5LayerNorm::load(&enc.pp("final_layer_norm"), d, eps, device)?,
-            decoder_norm: T5LayerNorm::load(&dec.pp("final_layer_norm"), d, eps, device)?,
             shared,
             encoder,
             decoder,
@@ -328,50 +496,15 @@ impl T5ForConditionalGeneration {
     /// The encoder's `last_hidden_state` for `embeds` (`[rows, len, d_model]`) with padding
     /// `padding` (`[rows, 1, 1, len]`, true = padding).
     pub fn encode(&self, embeds: Tensor<3>, padding: Tensor<4, Bool>) -> Tensor<3> {
-        let len = embeds.dims()[1];
-        let bias = self.encoder_bias.bias(0, len, len, &self.device());
-        let mut x = embeds;
-        for block in &self.encoder {
-            let h = block.self_attention_norm.forward(x.clone());
-            let (k, v) = block.self_attention.kv(h.clone());
-            x = x + block
-                .self_attention
-                .attend(h, k, v, Some(padding.clone()), Some(bias.clone()));
-            x = block.ff.forward(x);
-        }
-        self.encoder_norm.forward(x)
+        self.encoder.encode(embeds, padding)
     }
 
     /// One decoder position for every row: `tokens` at position `state.cache.len()`.
     fn decode(&self, state: &mut T5State, tokens: &[u32]) -> Result<Tensor<2>> {
         let rows = tokens.len();
-        let position = state.cache.len();
         let x = self.embed_tokens(&tokens.iter().map(|&t| vec![t]).collect::<Vec<_>>())?;
-        let bias = self
-            .decoder_bias
-            .bias(position, 1, position + 1, &self.device());
-        let mut x = x;
-        for (i, block) in self.decoder.iter().enumerate() {
-            let h = block.self_attention_norm.forward(x.clone());
-            let (k, v) = block.self_attention.kv(h.clone());
-            let (k, v) = state.cache.write(i, k, v);
-            x = x + block
-                .self_attention
-                .attend(h, k, v, None, Some(bias.clone()));
-            let h = block.cross_attention_norm.forward(x.clone());
-            let (ck, cv) = state.cross[i].clone();
-            x = x + block.cross_attention.attend(
-                h,
-                ck,
-                cv,
-                Some(state.encoder_padding.clone()),
-                None,
-            );
-            x = block.ff.forward(x);
-        }
-        state.cache.advance(1);
         let d = self.shared.dims()[1];
-        let mut x = self.decoder_norm.forward(x).reshape([rows, d]);
+        let mut x = self.decoder.decode(x, state).reshape([rows, d]);
         if let Some(scale) = self.output_scale {
             x = x * scale;
         }
@@ -406,13 +539,9 @@ impl LanguageModel for T5ForConditionalGeneration {
         let padding =
             Tensor::<4, Bool>::from_data(TensorData::new(padding, [rows, 1, 1, len]), &device);
         let encoded = self.encode(embeds, padding.clone());
-        let cross = self
-            .decoder
-            .iter()
-            .map(|block| block.cross_attention.kv(encoded.clone()))
-            .collect();
+        let cross = self.decoder.cross_kv(&encoded);
         let cache = KvCache::new(
-            self.decoder.len(),
+            self.decoder.block.len(),
             rows,
             self.num_heads,
             1 + max_new_tokens,
