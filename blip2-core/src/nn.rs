@@ -35,14 +35,28 @@ pub fn param<const D: usize>(
 /// goes through `blip2-kernels`, bias fused; anything else is computed by [`project`]. An int8
 /// layer always runs on `blip2-kernels` (the CPU), whatever the backend.
 #[derive(Module, Debug)]
-pub struct Dense {
-    /// `[out, in]`; `None` when the layer is int8.
-    weight: Option<Param<Tensor<2>>>,
+pub enum Dense {
+    /// A weight and bias in burn's tensors, in the model's dtype.
+    Float(FloatDense),
+    /// An int8 weight with one f32 scale per output row, and an f32 bias, outside burn.
+    Int8(Int8Dense),
+}
+
+/// The parameters of a [`Dense::Float`] layer.
+#[derive(Module, Debug)]
+pub struct FloatDense {
+    /// `[out, in]`.
+    weight: Param<Tensor<2>>,
     /// `[out]`.
     bias: Option<Param<Tensor<1>>>,
-    /// The int8 weight and its f32 bias, outside burn (the kernels read them as slices).
+}
+
+/// The parameters of a [`Dense::Int8`] layer, shared between clones (the kernels read them as
+/// slices).
+#[derive(Module, Debug)]
+pub struct Int8Dense {
     #[module(skip)]
-    int8: Option<std::sync::Arc<Int8Linear>>,
+    inner: std::sync::Arc<Int8Linear>,
 }
 
 /// An int8 layer's parameters.
@@ -55,11 +69,10 @@ struct Int8Linear {
 impl Dense {
     /// A layer from its weight (`[out, in]`) and optional bias (`[out]`).
     pub fn new(weight: Tensor<2>, bias: Option<Tensor<1>>) -> Self {
-        Dense {
-            weight: Some(Param::from_tensor(weight)),
+        Dense::Float(FloatDense {
+            weight: Param::from_tensor(weight),
             bias: bias.map(Param::from_tensor),
-            int8: None,
-        }
+        })
     }
 
     /// An int8 layer: `weight` (`[out, in]`, f32 values) quantized with one scale per output row
@@ -77,40 +90,40 @@ impl Dense {
                 weight.d_out()
             )));
         }
-        Ok(Dense {
-            weight: None,
-            bias: None,
-            int8: Some(std::sync::Arc::new(Int8Linear { weight, bias })),
-        })
+        let inner = std::sync::Arc::new(Int8Linear { weight, bias });
+        Ok(Dense::Int8(Int8Dense { inner }))
     }
 
     /// Output width.
     pub fn d_out(&self) -> usize {
-        match (&self.weight, &self.int8) {
-            (Some(w), _) => w.dims()[0],
-            (None, Some(q)) => q.weight.d_out(),
-            (None, None) => unreachable!("a Dense has a float or an int8 weight"),
+        match self {
+            Dense::Float(f) => f.weight.dims()[0],
+            Dense::Int8(q) => q.inner.weight.d_out(),
         }
     }
 
     /// The dtype of the weight (f32 for an int8 layer, whose inputs and outputs are f32), which
     /// is also the dtype of the output.
     pub fn dtype(&self) -> DType {
-        self.weight.as_ref().map_or(DType::F32, |w| w.dtype())
+        match self {
+            Dense::Float(f) => f.weight.dtype(),
+            Dense::Int8(_) => DType::F32,
+        }
     }
 
     /// Bytes the layer's weight and bias hold.
     pub fn size_bytes(&self) -> usize {
-        match (&self.weight, &self.int8) {
-            (Some(w), _) => {
-                let bias = self
+        match self {
+            Dense::Float(f) => {
+                let bias = f
                     .bias
                     .as_ref()
                     .map_or(0, |b| b.dims()[0] * b.dtype().size());
-                w.dims().iter().product::<usize>() * w.dtype().size() + bias
+                f.weight.dims().iter().product::<usize>() * f.weight.dtype().size() + bias
             }
-            (None, Some(q)) => q.weight.size_bytes() + 4 * q.bias.as_ref().map_or(0, Vec::len),
-            (None, None) => 0,
+            Dense::Int8(q) => {
+                q.inner.weight.size_bytes() + 4 * q.inner.bias.as_ref().map_or(0, Vec::len)
+            }
         }
     }
 
@@ -125,24 +138,29 @@ impl Dense {
         let rows = dims[..D - 1].iter().product::<usize>();
         let x = x.reshape([rows, d_in]);
         dims[D - 1] = self.d_out();
-        let weight = match (&self.weight, &self.int8) {
-            (Some(w), _) => w.val(),
-            (None, Some(q)) => return int8_forward(x, q).reshape(dims),
-            (None, None) => unreachable!("a Dense has a float or an int8 weight"),
-        };
+        match self {
+            Dense::Float(f) => f.forward(x).reshape(dims),
+            Dense::Int8(q) => int8_forward(x, &q.inner).reshape(dims),
+        }
+    }
+}
+
+impl FloatDense {
+    /// `x Wᵀ + b` for `x: [rows, in]`.
+    fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        let weight = self.weight.val();
         #[cfg(feature = "flex")]
         {
             let bias = self.bias.as_ref().map(Param::val);
             if let Some(y) = crate::cpu::linear(&x, &weight, bias.as_ref()) {
-                return y.reshape(dims);
+                return y;
             }
         }
         let y = project(x, weight);
-        let y = match &self.bias {
+        match &self.bias {
             Some(b) => y + b.val().unsqueeze::<2>(),
             None => y,
-        };
-        y.reshape(dims)
+        }
     }
 }
 
