@@ -307,102 +307,8 @@ impl DatasetRun {
         let shard = shard::resolve(args.shard.as_deref(), args.shards, |v| {
             std::env::var(v).ok()
         })?;
-        let files = input_files(args)?;
-        let mut units = Vec::new();
-        let mut images_known = None;
-        if args.input_list.is_some() || args.dir.is_some() || !extra.is_empty() {
-            // A list of image paths is split by image, as it always was.
-            let images: Vec<String> = list_images(args, extra)?
-                .into_iter()
-                .enumerate()
-                .filter(|(k, _)| shard.takes(*k))
-                .map(|(_, p)| p)
-                .collect();
-            if images.is_empty() && files.is_empty() {
-                return Err("the dataset (this shard of it) lists no images".into());
-            }
-            let name = args
-                .dir
-                .as_deref()
-                .or(args.input_list.as_deref())
-                .and_then(Path::file_stem)
-                .map_or("images".to_owned(), |s| s.to_string_lossy().into_owned());
-            images_known = Some(images.len());
-            let name = format!("{name}{}", dotted(&shard.suffix()));
-            units.push(Unit {
-                input: Input {
-                    kind: InputKind::Files(images),
-                    name: name.clone(),
-                },
-                rows: Shard::ALL,
-                name,
-            });
-        }
-        // Several shard files are split by file, so each process reads only its own; fewer
-        // files than shards (or a folder beside them) are split by row.
-        let by_file = units.is_empty() && files.len() >= shard.count;
-        for (k, input) in files.into_iter().enumerate() {
-            if by_file && !shard.takes(k) {
-                continue;
-            }
-            let rows = if by_file { Shard::ALL } else { shard };
-            let name = format!("{}{}", input.name, dotted(&rows.suffix()));
-            units.push(Unit { input, rows, name });
-        }
-        // A bar with a length only when the listed images are all there is.
-        if units.len() > 1 {
-            images_known = None;
-        }
-        let mut seen = HashSet::new();
-        let stats_name = format!("stats{}.json", dotted(&shard.suffix()));
-        let (sink, stats) = match (&args.output, &args.output_dir) {
-            (_, Some(dir)) => {
-                for unit in &units {
-                    if !seen.insert(unit.name.clone()) {
-                        return Err(format!(
-                            "two inputs would both write {}.jsonl in {}: give inputs with \
-                             distinct file names",
-                            unit.name,
-                            dir.display()
-                        )
-                        .into());
-                    }
-                }
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| format!("cannot write {}: {e}", dir.display()))?;
-                (Sink::Dir(dir.clone()), Some(dir.join(stats_name)))
-            }
-            (Some(path), None) => {
-                let mut done = HashSet::new();
-                if args.resume {
-                    drop_partial_line(path)?;
-                    done = already_done(path)?;
-                } else if std::fs::metadata(path).is_ok_and(|m| m.len() > 0) {
-                    return Err(format!(
-                        "{} already holds results: pass --resume to continue it, or remove it",
-                        path.display()
-                    )
-                    .into());
-                }
-                // O_APPEND and one write per line: processes sharing the file never interleave.
-                let out = OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-                let stats = path.with_file_name(format!(
-                    "{}.{stats_name}",
-                    path.file_name().unwrap_or_default().to_string_lossy()
-                ));
-                let out: Box<dyn Write> = Box::new(out);
-                (Sink::Stream { out, done }, Some(stats))
-            }
-            (None, None) => {
-                let out: Box<dyn Write> = Box::new(std::io::stdout());
-                let done = HashSet::new();
-                (Sink::Stream { out, done }, None)
-            }
-        };
+        let (units, images_known) = units(args, extra, shard)?;
+        let (sink, stats) = open_sink(args, &units, shard)?;
         let prompt = match (&args.prompt, &args.question) {
             (Some(p), _) => Some((false, p.clone())),
             (None, Some(q)) => Some((true, q.clone())),
@@ -419,6 +325,120 @@ impl DatasetRun {
             progress_every: Duration::from_secs(args.progress_every),
             images_known,
         })
+    }
+}
+
+/// This shard's units of the dataset `args` (plus `extra` images) describe, and how many images
+/// they hold when that is known before reading (the listed images are all there is).
+fn units(
+    args: &DatasetArgs,
+    extra: &[String],
+    shard: Shard,
+) -> Result<(Vec<Unit>, Option<usize>), AnyError> {
+    let files = input_files(args)?;
+    let mut units = Vec::new();
+    let mut images_known = None;
+    if args.input_list.is_some() || args.dir.is_some() || !extra.is_empty() {
+        // A list of image paths is split by image, as it always was.
+        let images: Vec<String> = list_images(args, extra)?
+            .into_iter()
+            .enumerate()
+            .filter(|(k, _)| shard.takes(*k))
+            .map(|(_, p)| p)
+            .collect();
+        if images.is_empty() && files.is_empty() {
+            return Err("the dataset (this shard of it) lists no images".into());
+        }
+        let name = args
+            .dir
+            .as_deref()
+            .or(args.input_list.as_deref())
+            .and_then(Path::file_stem)
+            .map_or("images".to_owned(), |s| s.to_string_lossy().into_owned());
+        images_known = Some(images.len());
+        let name = format!("{name}{}", dotted(&shard.suffix()));
+        units.push(Unit {
+            input: Input {
+                kind: InputKind::Files(images),
+                name: name.clone(),
+            },
+            rows: Shard::ALL,
+            name,
+        });
+    }
+    // Several shard files are split by file, so each process reads only its own; fewer
+    // files than shards (or a folder beside them) are split by row.
+    let by_file = units.is_empty() && files.len() >= shard.count;
+    for (k, input) in files.into_iter().enumerate() {
+        if by_file && !shard.takes(k) {
+            continue;
+        }
+        let rows = if by_file { Shard::ALL } else { shard };
+        let name = format!("{}{}", input.name, dotted(&rows.suffix()));
+        units.push(Unit { input, rows, name });
+    }
+    if units.len() > 1 {
+        images_known = None;
+    }
+    Ok((units, images_known))
+}
+
+/// Opens the run's output (`--output-dir`, `--output` or stdout; what `--resume` finds done is
+/// skipped) and names its stats file.
+fn open_sink(
+    args: &DatasetArgs,
+    units: &[Unit],
+    shard: Shard,
+) -> Result<(Sink, Option<PathBuf>), AnyError> {
+    let stats_name = format!("stats{}.json", dotted(&shard.suffix()));
+    match (&args.output, &args.output_dir) {
+        (_, Some(dir)) => {
+            let mut seen = HashSet::new();
+            for unit in units {
+                if !seen.insert(unit.name.clone()) {
+                    return Err(format!(
+                        "two inputs would both write {}.jsonl in {}: give inputs with \
+                         distinct file names",
+                        unit.name,
+                        dir.display()
+                    )
+                    .into());
+                }
+            }
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot write {}: {e}", dir.display()))?;
+            Ok((Sink::Dir(dir.clone()), Some(dir.join(stats_name))))
+        }
+        (Some(path), None) => {
+            let mut done = HashSet::new();
+            if args.resume {
+                drop_partial_line(path)?;
+                done = already_done(path)?;
+            } else if std::fs::metadata(path).is_ok_and(|m| m.len() > 0) {
+                return Err(format!(
+                    "{} already holds results: pass --resume to continue it, or remove it",
+                    path.display()
+                )
+                .into());
+            }
+            // O_APPEND and one write per line: processes sharing the file never interleave.
+            let out = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            let stats = path.with_file_name(format!(
+                "{}.{stats_name}",
+                path.file_name().unwrap_or_default().to_string_lossy()
+            ));
+            let out: Box<dyn Write> = Box::new(out);
+            Ok((Sink::Stream { out, done }, Some(stats)))
+        }
+        (None, None) => {
+            let out: Box<dyn Write> = Box::new(std::io::stdout());
+            let done = HashSet::new();
+            Ok((Sink::Stream { out, done }, None))
+        }
     }
 }
 
@@ -534,32 +554,7 @@ pub fn caption_dataset(
             Sink::Stream { out, done } => {
                 job.run_unit(unit, out, done, &mut counts, &mut progress)?;
             }
-            Sink::Dir(dir) => {
-                let finished = dir.join(format!("{}.jsonl", unit.name));
-                if finished.exists() {
-                    counts.files_skipped += 1;
-                    continue;
-                }
-                let partial = dir.join(format!("{}.jsonl.partial", unit.name));
-                let mut out = OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&partial)
-                    .map_err(|e| format!("cannot write {}: {e}", partial.display()))?;
-                if out.try_lock().is_err() {
-                    return Err(format!(
-                        "{} is being written by another process (two processes on one shard?)",
-                        partial.display()
-                    )
-                    .into());
-                }
-                drop_partial_line(&partial)?;
-                let done = already_done(&partial)?;
-                job.run_unit(unit, &mut out, &done, &mut counts, &mut progress)?;
-                out.sync_all()?;
-                std::fs::rename(&partial, &finished)?;
-                counts.files_done += 1;
-            }
+            Sink::Dir(dir) => job.run_file(dir, unit, &mut counts, &mut progress)?,
         }
     }
     progress.bar.finish_and_clear();
@@ -606,6 +601,42 @@ struct Job<'a> {
 }
 
 impl Job<'_> {
+    /// One unit into its own file of `dir`: written as `NAME.jsonl.partial` (locked, resumed
+    /// from what it holds), renamed to `NAME.jsonl` once complete; a complete one is skipped.
+    fn run_file(
+        &self,
+        dir: &Path,
+        unit: &Unit,
+        counts: &mut Counts,
+        progress: &mut Progress,
+    ) -> Result<(), AnyError> {
+        let finished = dir.join(format!("{}.jsonl", unit.name));
+        if finished.exists() {
+            counts.files_skipped += 1;
+            return Ok(());
+        }
+        let partial = dir.join(format!("{}.jsonl.partial", unit.name));
+        let mut out = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&partial)
+            .map_err(|e| format!("cannot write {}: {e}", partial.display()))?;
+        if out.try_lock().is_err() {
+            return Err(format!(
+                "{} is being written by another process (two processes on one shard?)",
+                partial.display()
+            )
+            .into());
+        }
+        drop_partial_line(&partial)?;
+        let done = already_done(&partial)?;
+        self.run_unit(unit, &mut out, &done, counts, progress)?;
+        out.sync_all()?;
+        std::fs::rename(&partial, &finished)?;
+        counts.files_done += 1;
+        Ok(())
+    }
+
     /// Reads one unit on a second thread (listing, reading and decoding overlap the model),
     /// at most two batches ahead, and captions it batch by batch into `out`.
     fn run_unit(
