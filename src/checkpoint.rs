@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use blip2_core::config::TextConfig;
+use blip2_core::config::{TextConfig, VisionConfig};
 use blip2_core::image::ImageProcessor;
 use blip2_core::{Result, WeightSource};
 use blip2_hub::{resolve_local, ModelDir, SafetensorsWeights};
@@ -91,62 +91,15 @@ impl Checkpoint {
     /// tokenizer to report on it; converts no weights.
     pub fn info(&self) -> CheckpointInfo {
         let c = self.dir.config();
-        let v = &c.vision_config;
-        let q = &c.qformer_config;
-        let (ih, iw) = v.image_hw();
-        let (ph, pw) = v.patch_hw();
         let retrieval = c.is_retrieval();
-        let language = match (&c.text_config, retrieval) {
-            // A retrieval checkpoint's text_config is transformers' unused default.
-            (_, true) => None,
-            (TextConfig::Opt(t), false) => Some(LanguageInfo {
-                model: LanguageKind::Opt,
-                hidden_size: t.hidden_size,
-                layers: t.num_hidden_layers,
-                decoder_layers: None,
-                heads: t.num_attention_heads,
-                vocab_size: t.vocab_size,
-                eos_token_ids: t.eos_token_ids(),
-                feed_forward: None,
-            }),
-            (TextConfig::T5(t), false) => Some(LanguageInfo {
-                model: LanguageKind::T5,
-                hidden_size: t.d_model,
-                layers: t.num_layers,
-                decoder_layers: Some(t.decoder_layers()),
-                heads: t.num_heads,
-                vocab_size: t.vocab_size,
-                eos_token_ids: t.eos_token_ids(),
-                feed_forward: Some(t.feed_forward_proj.clone()),
-            }),
-            (TextConfig::Llama(t), false) => Some(LanguageInfo {
-                model: LanguageKind::Llama,
-                hidden_size: t.hidden_size,
-                layers: t.num_hidden_layers,
-                decoder_layers: None,
-                heads: t.num_attention_heads,
-                vocab_size: t.vocab_size,
-                eos_token_ids: t.eos_token_ids(),
-                feed_forward: None,
-            }),
-        };
+        // A retrieval checkpoint's text_config is transformers' unused default.
+        let language = (!retrieval).then(|| LanguageInfo::of(&c.text_config));
         let (tokenizer_vocab, tokenizer_error) = match self.dir.tokenizer() {
             Ok(t) => (Some(t.get_vocab_size(true)), None),
             Err(e) => (None, Some(e.to_string())),
         };
+        let q = &c.qformer_config;
         let p = self.processor.config();
-        let keys = self.weights.keys();
-        let mut parameters = 0usize;
-        let mut stored = BTreeMap::<String, usize>::new();
-        for key in &keys {
-            parameters += self
-                .weights
-                .shape(key)
-                .map_or(0, |s| s.iter().product::<usize>());
-            if let Some(d) = self.weights.stored_dtype(key) {
-                *stored.entry(d).or_default() += 1;
-            }
-        }
         CheckpointInfo {
             path: self.dir.path().to_owned(),
             architectures: c.architectures.clone(),
@@ -155,15 +108,7 @@ impl Checkpoint {
             } else {
                 CheckpointKind::Generation
             },
-            vision: VisionInfo {
-                hidden_size: v.hidden_size,
-                layers: v.num_hidden_layers,
-                heads: v.num_attention_heads,
-                intermediate_size: v.intermediate_size,
-                image_size: [ih, iw],
-                patch_size: [ph, pw],
-                tokens: v.num_positions(),
-            },
+            vision: VisionInfo::of(&c.vision_config),
             qformer: QFormerInfo {
                 hidden_size: q.hidden_size,
                 layers: q.num_hidden_layers,
@@ -184,10 +129,80 @@ impl Checkpoint {
             },
             tokenizer_vocab,
             tokenizer_error,
-            weights: WeightsInfo {
-                tensors: keys.len(),
-                parameters,
-                stored,
+            weights: self.weights_info(),
+        }
+    }
+
+    /// How many tensors and parameters the weight files hold, by stored dtype.
+    fn weights_info(&self) -> WeightsInfo {
+        let keys = self.weights.keys();
+        let mut parameters = 0usize;
+        let mut stored = BTreeMap::<String, usize>::new();
+        for key in &keys {
+            parameters += self
+                .weights
+                .shape(key)
+                .map_or(0, |s| s.iter().product::<usize>());
+            if let Some(d) = self.weights.stored_dtype(key) {
+                *stored.entry(d).or_default() += 1;
+            }
+        }
+        WeightsInfo {
+            tensors: keys.len(),
+            parameters,
+            stored,
+        }
+    }
+}
+
+impl VisionInfo {
+    fn of(v: &VisionConfig) -> Self {
+        let (ih, iw) = v.image_hw();
+        let (ph, pw) = v.patch_hw();
+        VisionInfo {
+            hidden_size: v.hidden_size,
+            layers: v.num_hidden_layers,
+            heads: v.num_attention_heads,
+            intermediate_size: v.intermediate_size,
+            image_size: [ih, iw],
+            patch_size: [ph, pw],
+            tokens: v.num_positions(),
+        }
+    }
+}
+
+impl LanguageInfo {
+    fn of(text: &TextConfig) -> Self {
+        match text {
+            TextConfig::Opt(t) => LanguageInfo {
+                model: LanguageKind::Opt,
+                hidden_size: t.hidden_size,
+                layers: t.num_hidden_layers,
+                decoder_layers: None,
+                heads: t.num_attention_heads,
+                vocab_size: t.vocab_size,
+                eos_token_ids: t.eos_token_ids(),
+                feed_forward: None,
+            },
+            TextConfig::T5(t) => LanguageInfo {
+                model: LanguageKind::T5,
+                hidden_size: t.d_model,
+                layers: t.num_layers,
+                decoder_layers: Some(t.decoder_layers()),
+                heads: t.num_heads,
+                vocab_size: t.vocab_size,
+                eos_token_ids: t.eos_token_ids(),
+                feed_forward: Some(t.feed_forward_proj.clone()),
+            },
+            TextConfig::Llama(t) => LanguageInfo {
+                model: LanguageKind::Llama,
+                hidden_size: t.hidden_size,
+                layers: t.num_hidden_layers,
+                decoder_layers: None,
+                heads: t.num_attention_heads,
+                vocab_size: t.vocab_size,
+                eos_token_ids: t.eos_token_ids(),
+                feed_forward: None,
             },
         }
     }
