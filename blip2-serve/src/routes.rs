@@ -436,74 +436,114 @@ async fn chat_completions(
         ));
     }
     let image = s.image_from_url(&input.image_url).await?;
-    let id = s.completion_id();
-    let created = unix_time();
-    if fields.stream {
-        let (pieces_tx, pieces_rx) = mpsc::unbounded_channel();
-        let (done_tx, done_rx) = oneshot::channel();
-        s.push(
-            queue,
-            Job::Generate(GenerateJob {
-                image,
-                prompt,
-                config,
-                reply: Reply::Stream {
-                    pieces: pieces_tx,
-                    done: done_tx,
-                },
-            }),
-        )?;
-        let chunks = ChunkWriter {
-            id,
-            created,
+    let job = GenerateRequest {
+        image,
+        prompt,
+        config,
+    };
+    let reply = ChatReply {
+        chunks: ChunkWriter {
+            id: s.completion_id(),
+            created: unix_time(),
             model: s.config.model_name.clone(),
-        };
-        let include_usage = fields.stream_options.is_some_and(|o| o.include_usage);
-        let (events_tx, events_rx) = mpsc::channel(16);
-        tokio::spawn(stream_chat(
-            chunks,
-            pieces_rx,
-            done_rx,
-            stop,
-            include_usage.then_some(prompt_tokens),
-            events_tx,
-        ));
-        let events = futures_util::stream::unfold(events_rx, |mut rx| async move {
-            rx.recv().await.map(|e| (Ok::<Event, Infallible>(e), rx))
-        });
-        return Ok(Sse::new(events)
-            .keep_alive(KeepAlive::default())
-            .into_response());
-    }
-    let (generations, spent) = s.generate(queue, image, prompt, config).await?;
-    let completion_tokens: usize = generations.iter().map(|g| g.token_ids.len()).sum();
-    let choices: Vec<Value> = generations
-        .iter()
-        .enumerate()
-        .map(|(i, g)| {
-            let (text, cut) = cut_at_stop(&g.text, &stop);
-            json!({
-                "index": i,
-                "message": { "role": "assistant", "content": text },
-                "finish_reason": finish_reason(g.stop_reason, cut),
-                "logprobs": null,
-            })
-        })
-        .collect();
-    Ok(Json(json!({
-        "id": id,
-        "object": "chat.completion",
-        "created": created,
-        "model": s.config.model_name,
-        "choices": choices,
-        "usage": {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
         },
-        "timings": timings(&spent),
-    }))
-    .into_response())
+        prompt_tokens,
+        stop,
+    };
+    if fields.stream {
+        let include_usage = fields.stream_options.is_some_and(|o| o.include_usage);
+        return stream_completion(&s, queue, job, reply, include_usage);
+    }
+    let (generations, spent) = s.generate(queue, job.image, job.prompt, job.config).await?;
+    Ok(Json(reply.completion(&generations, &spent)).into_response())
+}
+
+/// One generation request, ready for the model thread.
+struct GenerateRequest {
+    image: ImageInput,
+    prompt: String,
+    config: GenerationConfig,
+}
+
+/// What a chat completion's response says besides the generations.
+struct ChatReply {
+    /// The id, creation time and model name of the response (every chunk repeats them).
+    chunks: ChunkWriter,
+    prompt_tokens: usize,
+    stop: Vec<String>,
+}
+
+impl ChatReply {
+    /// A `chat.completion` body.
+    fn completion(&self, generations: &[Generation], spent: &Spent) -> Value {
+        let completion_tokens: usize = generations.iter().map(|g| g.token_ids.len()).sum();
+        let choices: Vec<Value> = generations
+            .iter()
+            .enumerate()
+            .map(|(i, g)| {
+                let (text, cut) = cut_at_stop(&g.text, &self.stop);
+                json!({
+                    "index": i,
+                    "message": { "role": "assistant", "content": text },
+                    "finish_reason": finish_reason(g.stop_reason, cut),
+                    "logprobs": null,
+                })
+            })
+            .collect();
+        let prompt_tokens = self.prompt_tokens;
+        json!({
+            "id": self.chunks.id,
+            "object": "chat.completion",
+            "created": self.chunks.created,
+            "model": self.chunks.model,
+            "choices": choices,
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+            "timings": timings(spent),
+        })
+    }
+}
+
+/// Queues a streamed generation and answers with its server-sent events.
+fn stream_completion(
+    s: &AppState,
+    queue: &Queue,
+    job: GenerateRequest,
+    reply: ChatReply,
+    include_usage: bool,
+) -> Result<Response, ApiError> {
+    let (pieces_tx, pieces_rx) = mpsc::unbounded_channel();
+    let (done_tx, done_rx) = oneshot::channel();
+    s.push(
+        queue,
+        Job::Generate(GenerateJob {
+            image: job.image,
+            prompt: job.prompt,
+            config: job.config,
+            reply: Reply::Stream {
+                pieces: pieces_tx,
+                done: done_tx,
+            },
+        }),
+    )?;
+    let (events_tx, events_rx) = mpsc::channel(16);
+    tokio::spawn(stream_chat(
+        reply.chunks,
+        pieces_rx,
+        done_rx,
+        reply.stop,
+        include_usage.then_some(reply.prompt_tokens),
+        events_tx,
+    ));
+    let events = futures_util::stream::unfold(events_rx, |mut rx| async move {
+        rx.recv().await.map(|e| (Ok::<Event, Infallible>(e), rx))
+    });
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response())
 }
 
 /// The `timings` extension of a response (as llama.cpp's server has): where the request's time
