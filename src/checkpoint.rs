@@ -173,17 +173,31 @@ impl VisionInfo {
 
 impl LanguageInfo {
     fn of(text: &TextConfig) -> Self {
+        let decoder_only = |model, hidden_size, layers, heads, vocab_size| LanguageInfo {
+            model,
+            hidden_size,
+            layers,
+            decoder_layers: None,
+            heads,
+            vocab_size,
+            eos_token_ids: text.eos_token_ids(),
+            feed_forward: None,
+        };
         match text {
-            TextConfig::Opt(t) => LanguageInfo {
-                model: LanguageKind::Opt,
-                hidden_size: t.hidden_size,
-                layers: t.num_hidden_layers,
-                decoder_layers: None,
-                heads: t.num_attention_heads,
-                vocab_size: t.vocab_size,
-                eos_token_ids: t.eos_token_ids(),
-                feed_forward: None,
-            },
+            TextConfig::Opt(t) => decoder_only(
+                LanguageKind::Opt,
+                t.hidden_size,
+                t.num_hidden_layers,
+                t.num_attention_heads,
+                t.vocab_size,
+            ),
+            TextConfig::Llama(t) => decoder_only(
+                LanguageKind::Llama,
+                t.hidden_size,
+                t.num_hidden_layers,
+                t.num_attention_heads,
+                t.vocab_size,
+            ),
             TextConfig::T5(t) => LanguageInfo {
                 model: LanguageKind::T5,
                 hidden_size: t.d_model,
@@ -193,16 +207,6 @@ impl LanguageInfo {
                 vocab_size: t.vocab_size,
                 eos_token_ids: t.eos_token_ids(),
                 feed_forward: Some(t.feed_forward_proj.clone()),
-            },
-            TextConfig::Llama(t) => LanguageInfo {
-                model: LanguageKind::Llama,
-                hidden_size: t.hidden_size,
-                layers: t.num_hidden_layers,
-                decoder_layers: None,
-                heads: t.num_attention_heads,
-                vocab_size: t.vocab_size,
-                eos_token_ids: t.eos_token_ids(),
-                feed_forward: None,
             },
         }
     }

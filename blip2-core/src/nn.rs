@@ -299,6 +299,19 @@ pub fn layer_norm(w: &Weights, dim: usize, eps: f64, device: &Device) -> Result<
     Ok(Norm { inner })
 }
 
+/// A gated feed-forward: `down(act(gate x) * up x)` (transformers' `LlamaMLP`,
+/// `T5DenseGatedActDense`).
+pub fn gated_feed_forward<const D: usize>(
+    activation: Activation,
+    gate: &Dense,
+    up: &Dense,
+    down: &Dense,
+    x: Tensor<D>,
+) -> Tensor<D> {
+    let gated = activate(activation, gate.forward(x.clone()));
+    down.forward(gated * up.forward(x))
+}
+
 /// Applies a transformers activation.
 pub fn activate<const D: usize>(act: Activation, x: Tensor<D>) -> Tensor<D> {
     match act {

@@ -186,8 +186,8 @@ impl LlamaMlp {
     }
 
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let gate = nn::activate(self.activation, self.gate_proj.forward(x.clone()));
-        self.down_proj.forward(gate * self.up_proj.forward(x))
+        let (gate, up, down) = (&self.gate_proj, &self.up_proj, &self.down_proj);
+        nn::gated_feed_forward(self.activation, gate, up, down, x)
     }
 }
 

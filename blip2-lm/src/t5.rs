@@ -21,10 +21,11 @@ pub struct T5LayerNorm {
 }
 
 impl T5LayerNorm {
-    fn load(w: &Weights, dim: usize, eps: f64, device: &Device) -> Result<Self> {
+    /// Loads a `[d_model]` norm with the config's epsilon.
+    fn load(w: &Weights, c: &T5Config, device: &Device) -> Result<Self> {
         Ok(T5LayerNorm {
-            weight: nn::param(w, "weight", [dim], device)?,
-            eps,
+            weight: nn::param(w, "weight", [c.d_model], device)?,
+            eps: c.layer_norm_epsilon,
         })
     }
 
@@ -92,12 +93,7 @@ impl T5LayerSelfAttention {
     fn load(w: &Weights, c: &T5Config, device: &Device) -> Result<Self> {
         Ok(T5LayerSelfAttention {
             self_attention: T5Attention::load(&w.pp("SelfAttention"), c, device)?,
-            layer_norm: T5LayerNorm::load(
-                &w.pp("layer_norm"),
-                c.d_model,
-                c.layer_norm_epsilon,
-                device,
-            )?,
+            layer_norm: T5LayerNorm::load(&w.pp("layer_norm"), c, device)?,
         })
     }
 
@@ -138,12 +134,7 @@ impl T5LayerCrossAttention {
     fn load(w: &Weights, c: &T5Config, device: &Device) -> Result<Self> {
         Ok(T5LayerCrossAttention {
             enc_dec_attention: T5Attention::load(&w.pp("EncDecAttention"), c, device)?,
-            layer_norm: T5LayerNorm::load(
-                &w.pp("layer_norm"),
-                c.d_model,
-                c.layer_norm_epsilon,
-                device,
-            )?,
+            layer_norm: T5LayerNorm::load(&w.pp("layer_norm"), c, device)?,
         })
     }
 
@@ -221,8 +212,7 @@ impl T5DenseReluDense {
                 f.wo.forward(nn::activate(f.activation, f.wi.forward(h)))
             }
             T5DenseReluDense::GatedActDense(f) => {
-                let gate = nn::activate(f.activation, f.wi_0.forward(h.clone()));
-                f.wo.forward(gate * f.wi_1.forward(h))
+                nn::gated_feed_forward(f.activation, &f.wi_0, &f.wi_1, &f.wo, h)
             }
         }
     }
@@ -240,12 +230,7 @@ impl T5LayerFF {
     fn load(w: &Weights, c: &T5Config, device: &Device) -> Result<Self> {
         Ok(T5LayerFF {
             dense_relu_dense: T5DenseReluDense::load(&w.pp("DenseReluDense"), c, device)?,
-            layer_norm: T5LayerNorm::load(
-                &w.pp("layer_norm"),
-                c.d_model,
-                c.layer_norm_epsilon,
-                device,
-            )?,
+            layer_norm: T5LayerNorm::load(&w.pp("layer_norm"), c, device)?,
         })
     }
 
@@ -305,12 +290,7 @@ impl T5Stack {
             .collect::<Result<Vec<_>>>()?;
         Ok(T5Stack {
             block,
-            final_layer_norm: T5LayerNorm::load(
-                &w.pp("final_layer_norm"),
-                c.d_model,
-                c.layer_norm_epsilon,
-                device,
-            )?,
+            final_layer_norm: T5LayerNorm::load(&w.pp("final_layer_norm"), c, device)?,
             relative_bias: RelativeBias::load(
                 &w.pp("block.0.layer.0.SelfAttention"),
                 c,

@@ -282,12 +282,7 @@ struct Golden<'a> {
 fn check_instruction_rows(model: &Blip2, case: &Value, prompts: &[&str]) {
     let name = case["name"].as_str().unwrap();
     let rows = model.instruction_rows(prompts).unwrap();
-    let expected: Vec<Vec<u32>> = case["qformer_input_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(token_row)
-        .collect();
+    let expected = id_rows(&case["qformer_input_ids"]);
     assert_eq!(rows.ids, expected, "{name}: qformer_input_ids");
     let expected = mask_rows(&case["qformer_attention_mask"]);
     assert_eq!(
@@ -299,15 +294,15 @@ fn check_instruction_rows(model: &Blip2, case: &Value, prompts: &[&str]) {
 /// The language model's input rows are the ones transformers' processor builds.
 fn check_input_rows(case: &Value, prompt: &Prompt) {
     let name = case["name"].as_str().unwrap();
-    let expected: Vec<Vec<u32>> = case["input_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(token_row)
-        .collect();
+    let expected = id_rows(&case["input_ids"]);
     assert_eq!(prompt.input_ids, expected, "{name}: input_ids");
     let mask = mask_rows(&case["attention_mask"]);
     assert_eq!(prompt.attention_mask, mask, "{name}: attention_mask");
+}
+
+/// Golden rows of token ids.
+fn id_rows(value: &Value) -> Vec<Vec<u32>> {
+    value.as_array().unwrap().iter().map(token_row).collect()
 }
 
 /// A golden attention mask (rows of 0/1) as booleans.
@@ -395,12 +390,7 @@ fn check_generated(
 ) {
     let name = case["name"].as_str().unwrap();
     let tolerance = precision.tolerance * backend_slack();
-    let expected: Vec<Vec<u32>> = case["new_tokens"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(token_row)
-        .collect();
+    let expected = id_rows(&case["new_tokens"]);
     let ours: Vec<Vec<u32>> = out.iter().flatten().map(|g| g.token_ids.clone()).collect();
     println!("{name}: {ours:?}");
     if precision.dtype != WeightDType::F32 {
