@@ -38,14 +38,6 @@ pub trait DecoderOnly: Send + Sync {
 impl<M: DecoderOnly> LanguageModel for M {
     type State = DecoderState;
 
-    fn vocab_size(&self) -> usize {
-        self.token_embeddings().dims()[0]
-    }
-
-    fn max_positions(&self) -> Option<usize> {
-        Some(self.position_limit())
-    }
-
     fn embed_tokens(&self, ids: &[Vec<u32>]) -> Result<Tensor<3>> {
         nn::embed_rows(&self.token_embeddings(), ids)
     }

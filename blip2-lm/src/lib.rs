@@ -28,12 +28,6 @@ pub trait LanguageModel: Send + Sync {
     /// Everything kept between steps (KV caches, masks, positions) for a batch of rows.
     type State;
 
-    /// Vocabulary size (logit width).
-    fn vocab_size(&self) -> usize;
-
-    /// Longest sequence the model can position, if bounded.
-    fn max_positions(&self) -> Option<usize>;
-
     /// Token embeddings of equal-length rows of ids, `[rows, len, embed_dim]`.
     fn embed_tokens(&self, ids: &[Vec<u32>]) -> Result<Tensor<3>>;
 

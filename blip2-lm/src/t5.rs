@@ -495,14 +495,6 @@ impl T5ForConditionalGeneration {
 impl LanguageModel for T5ForConditionalGeneration {
     type State = T5State;
 
-    fn vocab_size(&self) -> usize {
-        self.shared.dims()[0]
-    }
-
-    fn max_positions(&self) -> Option<usize> {
-        None
-    }
-
     fn embed_tokens(&self, ids: &[Vec<u32>]) -> Result<Tensor<3>> {
         nn::embed_rows(&self.shared.val(), ids)
     }

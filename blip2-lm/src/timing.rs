@@ -68,14 +68,6 @@ impl Record {
 impl<M: LanguageModel> LanguageModel for Timed<'_, M> {
     type State = M::State;
 
-    fn vocab_size(&self) -> usize {
-        self.model.vocab_size()
-    }
-
-    fn max_positions(&self) -> Option<usize> {
-        self.model.max_positions()
-    }
-
     fn embed_tokens(&self, ids: &[Vec<u32>]) -> Result<Tensor<3>> {
         self.model.embed_tokens(ids)
     }
