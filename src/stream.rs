@@ -149,7 +149,7 @@ mod tests {
     /// characters take 2 to 4 bytes: every token streamed one at a time.
     #[test]
     fn real_tokenizers_stream_the_text_they_decode() {
-        let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let fixtures = blip2_test_support::fixtures();
         let text = "a caf\u{e9} \u{2019}s \u{1F600} dog \u{4E2D}\u{6587} on a mat  ";
         for fixture in ["tiny-opt", "tiny-t5"] {
             let tokenizer =

@@ -15,7 +15,7 @@ const IMAGES: [&str; 4] = [
 ];
 
 fn fixture(path: &str) -> String {
-    format!("{}/tests/fixtures/{path}", env!("CARGO_MANIFEST_DIR"))
+    blip2_test_support::fixture(path).display().to_string()
 }
 
 /// Each thread's work: a caption with greedy search, a question with beam search, and a sampled

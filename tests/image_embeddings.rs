@@ -8,7 +8,7 @@ mod common;
 
 use blip2::preprocess::{load_image, ImageLimits};
 use blip2::{Checkpoint, Device, Error, ImageEncoder, Tensor, WeightDType};
-use common::fixtures;
+use common::{fixtures, max_abs};
 use safetensors::SafeTensors;
 
 const TOLERANCE: f32 = 1e-4;
@@ -26,14 +26,6 @@ fn golden(goldens: &SafeTensors, key: &str) -> (Vec<usize>, Vec<f32>) {
         .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
         .collect();
     (t.shape().to_vec(), values)
-}
-
-fn max_abs(ours: &[f32], theirs: &[f32]) -> f32 {
-    assert_eq!(ours.len(), theirs.len());
-    ours.iter()
-        .zip(theirs)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f32::max)
 }
 
 fn values<const D: usize>(t: &Tensor<D>) -> (Vec<usize>, Vec<f32>) {

@@ -7,9 +7,7 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
-}
+use blip2_test_support::fixtures;
 
 fn fixture(p: &str) -> String {
     fixtures().join(p).display().to_string()

@@ -1,8 +1,6 @@
 //! Parses config.json files laid out like the real hub repos' and checks the effective values,
 //! most of which come from transformers' defaults because the files omit them.
 
-use std::path::PathBuf;
-
 use blip2_core::config::{
     Activation, Blip2Config, GenerationConfigFile, PreprocessorConfig, ProcessorConfig, Resample,
     TextConfig,
@@ -10,9 +8,7 @@ use blip2_core::config::{
 use blip2_core::Error;
 
 fn hub_config(name: &str) -> Blip2Config {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures/hub-configs")
-        .join(name);
+    let path = blip2_test_support::fixture("hub-configs").join(name);
     Blip2Config::from_file(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 

@@ -9,9 +9,7 @@ use blip2_core::image::{decode_image, load_image, to_rgb8, ImageLimits, ImagePro
 use blip2_core::Error;
 
 fn odd(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures/images/odd")
-        .join(name)
+    blip2_test_support::fixture("images/odd").join(name)
 }
 
 fn preprocess_is_finite(image: &image::DynamicImage) {

@@ -1,16 +1,12 @@
 //! Pixel values against transformers' BlipImageProcessor (PIL backend), golden
 //! `tests/fixtures/preprocess/pixel_values.safetensors` written by tools/parity/make_fixtures.py.
 
-use std::path::PathBuf;
-
 use blip2_core::config::PreprocessorConfig;
 use blip2_core::image::{decode_image, load_image, ImageLimits, ImageProcessor};
 use blip2_core::Error;
 use safetensors::SafeTensors;
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
-}
+use blip2_test_support::fixtures;
 
 #[derive(serde::Deserialize)]
 struct Case {

@@ -1,16 +1,12 @@
 //! Every way a checkpoint folder can be broken gives the specific typed error, naming the key
 //! and the file; none panics.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use blip2_core::{Error, WeightDType, WeightSource};
 use blip2_hub::{load_tokenizer, resolve_local, ModelDir, SafetensorsWeights};
 
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures")
-        .join(name)
-}
+use blip2_test_support::fixture;
 
 /// A copy of a fixture folder that a test may break.
 fn copy_fixture(name: &str) -> tempfile::TempDir {

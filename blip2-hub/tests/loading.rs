@@ -3,18 +3,14 @@
 //! tiny-opt (fp16, sharded, fused qkv bias), tiny-t5 (bf16, single file, q_bias/v_bias),
 //! tiny-itm (f32, single file).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use blip2_core::config::TextConfig;
 use blip2_core::{WeightDType, WeightSource};
 use blip2_hub::{ModelDir, SafetensorsWeights};
 use burn::tensor::{DType, TensorData};
 
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures")
-        .join(name)
-}
+use blip2_test_support::fixture;
 
 #[derive(serde::Deserialize)]
 struct Goldens {

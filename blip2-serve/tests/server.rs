@@ -14,9 +14,7 @@ use blip2::{Blip2, Blip2Retrieval};
 use blip2_serve::{Loaded, RunningServer, ServeConfig};
 use serde_json::{json, Value};
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
-}
+use blip2_test_support::fixtures;
 
 fn image_path(name: &str) -> PathBuf {
     fixtures().join("images").join(name)

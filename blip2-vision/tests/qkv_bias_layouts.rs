@@ -2,19 +2,12 @@
 //! `qkv.bias` (transformers 5's `save_pretrained`), tiny-t5 stores `q_bias` + `v_bias` (the hub
 //! repos' layout). Both give `[q, 0, v]`.
 
-use std::path::PathBuf;
-
 use blip2_core::{Error, WeightDType, WeightSource, Weights};
 use blip2_hub::SafetensorsWeights;
 use blip2_vision::attention::read_qkv_bias;
 
 fn weights(name: &str) -> SafetensorsWeights {
-    SafetensorsWeights::from_dir(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../tests/fixtures")
-            .join(name),
-    )
-    .unwrap()
+    SafetensorsWeights::from_dir(blip2_test_support::fixture(name)).unwrap()
 }
 
 fn values(data: burn::tensor::TensorData) -> Vec<f32> {

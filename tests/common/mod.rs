@@ -3,7 +3,6 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::OnceLock;
 
@@ -17,15 +16,9 @@ use burn::tensor::{Bool, TensorData};
 use safetensors::SafeTensors;
 use serde_json::Value;
 
-/// The committed fixtures: under `$CARGO_MANIFEST_DIR` at run time when it is set (cargo sets it
-/// for `cargo test`; scripts/gpu-check.sh sets it for test binaries built on another machine and
-/// carried to this one), else where the tests were built.
-pub fn fixtures() -> PathBuf {
-    std::env::var_os("CARGO_MANIFEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
-        .join("tests/fixtures")
-}
+/// Where the fixtures are, and the distance outputs are compared by (shared by every crate's
+/// tests).
+pub use blip2_test_support::{fixtures, max_abs};
 
 /// The loaded tiny model of a fixture folder, shared by the tests of one binary.
 pub fn model(fixture: &str) -> &'static Blip2 {
@@ -511,15 +504,6 @@ pub fn f32_values(golden: &safetensors::tensor::TensorView) -> Vec<f32> {
 /// The values of a tensor of any float dtype, as f32.
 pub fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data().try_into_vec_as::<f32>().unwrap()
-}
-
-/// The largest elementwise difference of two equally long slices.
-pub fn max_abs(ours: &[f32], theirs: &[f32]) -> f32 {
-    assert_eq!(ours.len(), theirs.len(), "sizes");
-    ours.iter()
-        .zip(theirs)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max)
 }
 
 fn compare<const D: usize>(

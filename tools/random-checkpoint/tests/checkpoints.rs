@@ -4,7 +4,7 @@
 //! seed and initialised as documented, and every named shape lays out.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use blip2::preprocess::{load_image, ImageLimits};
 use blip2::{Blip2, Blip2Config, GenerationConfig, NO_PROMPTS};
@@ -12,9 +12,7 @@ use blip2_random_checkpoint::{shape_config, tensors, write, Init, Options, Store
 use safetensors::SafeTensors;
 use serde_json::Value;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
+use blip2_test_support::fixtures;
 
 fn fixture_config(name: &str) -> Value {
     let text = std::fs::read_to_string(fixtures().join(name).join("config.json")).unwrap();
