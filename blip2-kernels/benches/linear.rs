@@ -3,6 +3,9 @@
 //! reads another copy of the weight, from a set of copies larger than any cache (≥ 1 GiB in all),
 //! so the figures are memory bandwidth, not cache bandwidth; best of 20 calls. The first line is
 //! the machine's own reference: a plain sum over 1 GiB on every thread the kernels use.
+//!
+//! `BENCH_LEVELS=avx2,portable` and `BENCH_TYPES=int8,f32` keep only those levels and weight
+//! types (all of them by default).
 
 use std::time::Instant;
 
@@ -39,17 +42,35 @@ fn main() {
     stream_reference();
     // OPT-2.7b's fc1 and fc2, one attention projection, and bench-small's fc1.
     let shapes = [(10240, 2560), (2560, 10240), (2560, 2560), (3072, 768)];
-    for level in [Level::Portable, Level::Avx2, Level::Avx512] {
-        if !level.is_available() {
+    let levels = [
+        (Level::Portable, "portable"),
+        (Level::Avx2, "avx2"),
+        (Level::Avx512, "avx512"),
+    ];
+    for (level, name) in levels {
+        if !level.is_available() || !wanted("BENCH_LEVELS", name) {
             continue;
         }
         for &(out, d_in) in &shapes {
-            bench::<f32>(level, out, d_in);
-            bench::<f16>(level, out, d_in);
-            bench::<bf16>(level, out, d_in);
-            bench_int8(level, out, d_in);
+            if wanted("BENCH_TYPES", f32::NAME) {
+                bench::<f32>(level, out, d_in);
+            }
+            if wanted("BENCH_TYPES", f16::NAME) {
+                bench::<f16>(level, out, d_in);
+            }
+            if wanted("BENCH_TYPES", bf16::NAME) {
+                bench::<bf16>(level, out, d_in);
+            }
+            if wanted("BENCH_TYPES", "int8") {
+                bench_int8(level, out, d_in);
+            }
         }
     }
+}
+
+/// Whether `name` is in the comma-separated list `$var` (everything is when it is unset).
+fn wanted(var: &str, name: &str) -> bool {
+    std::env::var(var).map_or(true, |list| list.split(',').any(|n| n.trim() == name))
 }
 
 fn bench<W: Fill>(level: Level, out: usize, d_in: usize) {

@@ -83,13 +83,15 @@ impl Level {
     pub fn best() -> Level {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx512f") {
+            let avx2 = std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+                && std::arch::is_x86_feature_detected!("f16c");
+            // AVX-512 as a level includes AVX2 (the int8 kernel is AVX2 code on every x86
+            // level); every AVX-512 CPU has it.
+            if avx2 && std::arch::is_x86_feature_detected!("avx512f") {
                 return Level::Avx512;
             }
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-                && std::arch::is_x86_feature_detected!("f16c")
-            {
+            if avx2 {
                 return Level::Avx2;
             }
         }
@@ -137,26 +139,27 @@ pub fn linear_at<W: Weight>(
     d_in: usize,
     y: &mut [f32],
 ) {
-    linear_scaled(level, x, w, None, bias, d_in, y)
-}
-
-/// [`linear_at`] with each weight row optionally multiplied by a scale (int8's dequantization)
-/// and a bias of its own type.
-pub(crate) fn linear_scaled<W: Weight, B: Weight>(
-    level: Level,
-    x: &[f32],
-    w: &[W],
-    scale: Option<&[f32]>,
-    bias: Option<&[B]>,
-    d_in: usize,
-    y: &mut [f32],
-) {
     assert!(
         d_in > 0 && w.len().is_multiple_of(d_in) && x.len().is_multiple_of(d_in),
         "shapes"
     );
-    let out = w.len() / d_in;
-    let rows = x.len() / d_in;
+    let (out, rows) = (w.len() / d_in, x.len() / d_in);
+    with_outputs(level, rows, out, bias, y, |yt| {
+        products(level, x, w, d_in, rows, yt)
+    })
+}
+
+/// Checks `y: [rows, out]`, `bias: [out]` and `level`, then has `products` fill the products
+/// `Σ_k x[r][k] w[o][k]` in `[out, rows]` order and adds the bias into `y`. One row (a decoding
+/// step) is `y`'s own layout, so its products go straight into it, with no scratch buffer.
+pub(crate) fn with_outputs<B: Weight>(
+    level: Level,
+    rows: usize,
+    out: usize,
+    bias: Option<&[B]>,
+    y: &mut [f32],
+    products: impl FnOnce(&mut [f32]),
+) {
     assert_eq!(y.len(), rows * out, "y must be [rows, out]");
     if let Some(b) = bias {
         assert_eq!(b.len(), out, "bias must be [out]");
@@ -168,10 +171,8 @@ pub(crate) fn linear_scaled<W: Weight, B: Weight>(
     if rows == 0 || out == 0 {
         return;
     }
-    // One row (a decoding step): `[out, 1]` is `y`'s own layout, so the products go straight
-    // into it, with no scratch buffer and no transposition.
     if rows == 1 {
-        products(level, x, w, scale, d_in, rows, y);
+        products(y);
         if let Some(b) = bias {
             y.iter_mut().zip(b).for_each(|(v, b)| *v += b.to_f32());
         }
@@ -179,7 +180,7 @@ pub(crate) fn linear_scaled<W: Weight, B: Weight>(
     }
     // Transposed output, `[out, rows]`: each thread writes one contiguous block of it.
     let mut yt = vec![0f32; out * rows];
-    products(level, x, w, scale, d_in, rows, &mut yt);
+    products(&mut yt);
     for r in 0..rows {
         let row = &mut y[r * out..(r + 1) * out];
         for (o, v) in row.iter_mut().enumerate() {
@@ -188,17 +189,8 @@ pub(crate) fn linear_scaled<W: Weight, B: Weight>(
     }
 }
 
-/// `yt[o][r] = Σ_k x[r][k] w[o][k]` (each `w[o][k]` times `scale[o]` with a `scale`) for every
-/// output, in contiguous blocks over rayon's pool.
-pub(crate) fn products<W: Weight>(
-    level: Level,
-    x: &[f32],
-    w: &[W],
-    scale: Option<&[f32]>,
-    d_in: usize,
-    rows: usize,
-    yt: &mut [f32],
-) {
+/// `yt[o][r] = Σ_k x[r][k] w[o][k]` for every output, in contiguous blocks over rayon's pool.
+fn products<W: Weight>(level: Level, x: &[f32], w: &[W], d_in: usize, rows: usize, yt: &mut [f32]) {
     let out = yt.len() / rows;
     let threads = rayon::current_num_threads().max(1);
     // Blocks of a multiple of 4 outputs (the micro-kernel's width), about one per thread; tiny
@@ -212,29 +204,20 @@ pub(crate) fn products<W: Weight>(
             let first = block * per;
             let n = yt.len() / rows;
             let w = &w[first * d_in..(first + n) * d_in];
-            let scale = scale.map(|s| &s[first..first + n]);
-            block_at(level, x, w, scale, d_in, rows, yt);
+            block_at(level, x, w, d_in, rows, yt);
         });
 }
 
-/// One block of outputs: `yt[o][r] = Σ_k x[r][k] w[o][k]` (times `scale[o]`).
-fn block_at<W: Weight>(
-    level: Level,
-    x: &[f32],
-    w: &[W],
-    scale: Option<&[f32]>,
-    d_in: usize,
-    rows: usize,
-    yt: &mut [f32],
-) {
+/// One block of outputs: `yt[o][r] = Σ_k x[r][k] w[o][k]`.
+fn block_at<W: Weight>(level: Level, x: &[f32], w: &[W], d_in: usize, rows: usize, yt: &mut [f32]) {
     match level {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `linear_at` and `linear_int8_at` checked that the CPU runs `level`.
-        Level::Avx512 => unsafe { x86::avx512::block(x, w, scale, d_in, rows, yt) },
+        // SAFETY: `with_outputs` checked that the CPU runs `level`.
+        Level::Avx512 => unsafe { x86::avx512::block(x, w, d_in, rows, yt) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        Level::Avx2 => unsafe { x86::avx2::block(x, w, scale, d_in, rows, yt) },
-        _ => portable::block(x, w, scale, d_in, rows, yt),
+        Level::Avx2 => unsafe { x86::avx2::block(x, w, d_in, rows, yt) },
+        _ => portable::block(x, w, d_in, rows, yt),
     }
 }
 
@@ -432,14 +415,27 @@ mod tests {
         linear_int8_at(level, &x, &w, bias, &mut y);
         // The weight the products must use: each q·scale rounded to f32, as dequantize gives.
         let dq = w.dequantize();
-        // Bit for bit the f32 kernel's result on the dequantized weight: the same products, in
-        // the same order.
-        let mut f32_y = vec![f32::NAN; rows * out];
-        linear_at(level, &x, &dq, bias, d_in, &mut f32_y);
+        // Bit for bit the documented order: the products with `dq` summed k = 0, 1, … from
+        // zero (fused multiply-adds on x86, separate ones in portable code), then the bias;
+        // the same for every row count, so a row's result does not depend on its batch.
+        let mut ordered = vec![0f32; rows * out];
+        for r in 0..rows {
+            for o in 0..out {
+                let xr = &x[r * d_in..(r + 1) * d_in];
+                let acc = xr.iter().zip(&dq[o * d_in..]).fold(0f32, |acc, (&x, &w)| {
+                    if level == Level::Portable {
+                        acc + x * w
+                    } else {
+                        x.mul_add(w, acc)
+                    }
+                });
+                ordered[r * out + o] = acc + bias.map_or(0.0, |b| b[o]);
+            }
+        }
         assert_eq!(
             y.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-            f32_y.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-            "{level:?} int8 rows {rows} out {out} in {d_in}: not the f32 kernel's bits"
+            ordered.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            "{level:?} int8 rows {rows} out {out} in {d_in}: not the documented order's bits"
         );
         for r in 0..rows {
             for o in 0..out {
@@ -470,8 +466,9 @@ mod tests {
     #[test]
     fn every_level_matches_the_reference_at_every_tail_shape_int8() {
         for level in levels() {
-            for d_in in (1..=40).chain([63, 64, 65, 127, 129, 257]) {
-                for out in [1, 2, 3, 4, 5, 7, 8, 9, 17] {
+            // Panels of 32 outputs, chunks of 128 inputs when several rows share a panel.
+            for d_in in (1..=40).chain([63, 64, 65, 127, 128, 129, 257, 300]) {
+                for out in [1, 2, 3, 4, 5, 7, 8, 9, 17, 31, 32, 33, 65] {
                     for rows in [1, 2, 3, 4, 5, 8, 9, 16, 17, 33] {
                         check_int8(level, rows, out, d_in, (d_in + out) % 2 == 1);
                     }
@@ -493,6 +490,7 @@ mod tests {
         ];
         let m = Int8Matrix::quantize(&w, 8).unwrap();
         assert_eq!((m.d_out(), m.d_in()), (3, 8));
+        assert_eq!(m.values().len(), 24);
         assert_eq!(m.scales(), &[1.0, 1.0, 0.25 / 127.0]);
         assert_eq!(&m.values()[..8], &[127, 2, 4, -2, 0, 0, 2, -127]);
         assert_eq!(&m.values()[8..16], &[0; 8]);
@@ -501,7 +499,8 @@ mod tests {
         let d = m.dequantize();
         assert_eq!(d[1], 2.0);
         assert_eq!(d[17], 64.0 * (0.25f32 / 127.0));
-        assert_eq!(m.size_bytes(), 24 + 12);
+        // One panel of 32 rows (29 of them padding), values and scales.
+        assert_eq!(m.size_bytes(), 32 * 8 + 32 * 4);
     }
 
     #[test]
@@ -536,7 +535,7 @@ mod tests {
                     let m = Int8Matrix::quantize(&w, d_in).unwrap();
                     let mut y = vec![0f32; 3 * out];
                     linear_int8_at(level, &x, &m, None, &mut y);
-                    (m.values().to_vec(), m.scales().to_vec(), y)
+                    (m.values(), m.scales().to_vec(), y)
                 })
             };
             assert_eq!(run(1), run(3), "{level:?}");

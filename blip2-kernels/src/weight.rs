@@ -1,11 +1,11 @@
-//! The weight element types the kernels read: f32, and f16, bf16 and i8 converted to f32 in
+//! The weight element types the kernels read: f32, and f16 and bf16 converted to f32 in
 //! registers (every conversion is exact).
 
 use half::{bf16, f16};
 
-/// An element type of the weight (and bias): `f32`, [`f16`](struct@crate::f16), [`bf16`], or
-/// `i8` (the raw values of an [`Int8Matrix`](crate::Int8Matrix), without its scales). Products
-/// are summed in f32 whatever the weight's type.
+/// An element type of the weight (and bias): `f32`, [`f16`](struct@crate::f16) or [`bf16`].
+/// Products are summed in f32 whatever the weight's type. (int8 weights have their own layout
+/// and kernel: [`Int8Matrix`](crate::Int8Matrix).)
 pub trait Weight: Copy + Send + Sync + 'static + sealed::Loads {
     /// Its value as f32 (exact).
     fn to_f32(self) -> f32;
@@ -26,12 +26,6 @@ impl Weight for f16 {
 impl Weight for bf16 {
     fn to_f32(self) -> f32 {
         bf16::to_f32(self)
-    }
-}
-
-impl Weight for i8 {
-    fn to_f32(self) -> f32 {
-        f32::from(self)
     }
 }
 

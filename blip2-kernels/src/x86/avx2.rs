@@ -6,23 +6,14 @@ use super::dispatch_tile;
 use crate::Weight;
 
 /// `yt[o][r] = Σ_k x[r][k] w[o][k]` for `x: [rows, d_in]`, `w: [outs, d_in]`, `yt: [outs, rows]`,
-/// in tiles of up to 4 rows × 4 outputs; with `scale` (`[outs]`), each weight is first multiplied
-/// by its row's scale (rounded to f32), in registers.
+/// in tiles of up to 4 rows × 4 outputs.
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn block<W: Weight>(
-    x: &[f32],
-    w: &[W],
-    scale: Option<&[f32]>,
-    d_in: usize,
-    rows: usize,
-    yt: &mut [f32],
-) {
+pub unsafe fn block<W: Weight>(x: &[f32], w: &[W], d_in: usize, rows: usize, yt: &mut [f32]) {
     let outs = yt.len() / rows;
     assert!(x.len() == rows * d_in && w.len() == outs * d_in);
-    assert!(scale.is_none_or(|s| s.len() == outs));
     for o0 in (0..outs).step_by(4) {
         let no = (outs - o0).min(4);
         for r0 in (0..rows).step_by(4) {
@@ -31,10 +22,8 @@ pub unsafe fn block<W: Weight>(
                 &x[r0 * d_in..(r0 + nr) * d_in],
                 &w[o0 * d_in..(o0 + no) * d_in],
             );
-            let st = scale.map(|s| &s[o0..o0 + no]);
-            // SAFETY: `xt` holds `nr` rows and `wt` `no` rows of `d_in` values, as `tile` reads,
-            // and `st` one scale per output of the tile.
-            unsafe { dispatch_tile!(tile, nr, no, xt, wt, st, d_in, rows, yt, r0, o0) };
+            // SAFETY: `xt` holds `nr` rows and `wt` `no` rows of `d_in` values, as `tile` reads.
+            unsafe { dispatch_tile!(tile, nr, no, xt, wt, d_in, rows, yt, r0, o0) };
         }
     }
 }
@@ -48,28 +37,19 @@ fn hsum(v: __m256) -> f32 {
     _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
 }
 
-/// `sums[r][o] = Σ_k x[r][k] w[o][k]` over `R` rows of `x` and `O` rows of `w` (each `w[o][k]`
-/// times `scale[o]` when `SCALED`).
+/// `sums[r][o] = Σ_k x[r][k] w[o][k]` over `R` rows of `x` and `O` rows of `w`.
 ///
 /// # Safety
 /// AVX2, FMA and F16C; `x.len() >= R * d_in` and `w.len() >= O * d_in`.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn tile<W: Weight, const R: usize, const O: usize, const SCALED: bool>(
+unsafe fn tile<W: Weight, const R: usize, const O: usize>(
     x: &[f32],
     w: &[W],
-    scale: &[f32],
     d_in: usize,
     sums: &mut [[f32; O]; R],
 ) {
     debug_assert!(x.len() >= R * d_in && w.len() >= O * d_in);
-    debug_assert!(!SCALED || scale.len() >= O);
-    let mut scales = [_mm256_setzero_ps(); O];
-    if SCALED {
-        for (v, &s) in scales.iter_mut().zip(scale) {
-            *v = _mm256_set1_ps(s);
-        }
-    }
     let (xp, wp) = (x.as_ptr(), w.as_ptr());
     let mut acc = [[_mm256_setzero_ps(); O]; R];
     let full = d_in / 8 * 8;
@@ -79,9 +59,6 @@ unsafe fn tile<W: Weight, const R: usize, const O: usize, const SCALED: bool>(
         for (o, v) in wv.iter_mut().enumerate() {
             // SAFETY: k + 8 <= d_in, so row o's 8 values at k are inside `w`.
             *v = unsafe { W::load8(wp.add(o * d_in + k)) };
-            if SCALED {
-                *v = _mm256_mul_ps(*v, scales[o]);
-            }
         }
         for (r, acc) in acc.iter_mut().enumerate() {
             // SAFETY: as above, for row r of `x`.
@@ -96,9 +73,7 @@ unsafe fn tile<W: Weight, const R: usize, const O: usize, const SCALED: bool>(
         for (o, (s, a)) in sums.iter_mut().zip(acc).enumerate() {
             let mut sum = hsum(*a);
             for k in full..d_in {
-                let wv = w[o * d_in + k].to_f32();
-                let wv = if SCALED { wv * scale[o] } else { wv };
-                sum = x[r * d_in + k].mul_add(wv, sum);
+                sum = x[r * d_in + k].mul_add(w[o * d_in + k].to_f32(), sum);
             }
             *s = sum;
         }

@@ -6,23 +6,14 @@ use super::dispatch_tile;
 use crate::Weight;
 
 /// `yt[o][r] = Σ_k x[r][k] w[o][k]` for `x: [rows, d_in]`, `w: [outs, d_in]`, `yt: [outs, rows]`,
-/// in tiles of up to 4 rows × 4 outputs; with `scale` (`[outs]`), each weight is first multiplied
-/// by its row's scale (rounded to f32), in registers.
+/// in tiles of up to 4 rows × 4 outputs.
 ///
 /// # Safety
 /// The CPU must support AVX-512 F.
 #[target_feature(enable = "avx512f")]
-pub unsafe fn block<W: Weight>(
-    x: &[f32],
-    w: &[W],
-    scale: Option<&[f32]>,
-    d_in: usize,
-    rows: usize,
-    yt: &mut [f32],
-) {
+pub unsafe fn block<W: Weight>(x: &[f32], w: &[W], d_in: usize, rows: usize, yt: &mut [f32]) {
     let outs = yt.len() / rows;
     assert!(x.len() == rows * d_in && w.len() == outs * d_in);
-    assert!(scale.is_none_or(|s| s.len() == outs));
     for o0 in (0..outs).step_by(4) {
         let no = (outs - o0).min(4);
         for r0 in (0..rows).step_by(4) {
@@ -31,36 +22,25 @@ pub unsafe fn block<W: Weight>(
                 &x[r0 * d_in..(r0 + nr) * d_in],
                 &w[o0 * d_in..(o0 + no) * d_in],
             );
-            let st = scale.map(|s| &s[o0..o0 + no]);
-            // SAFETY: `xt` holds `nr` rows and `wt` `no` rows of `d_in` values, as `tile` reads,
-            // and `st` one scale per output of the tile.
-            unsafe { dispatch_tile!(tile, nr, no, xt, wt, st, d_in, rows, yt, r0, o0) };
+            // SAFETY: `xt` holds `nr` rows and `wt` `no` rows of `d_in` values, as `tile` reads.
+            unsafe { dispatch_tile!(tile, nr, no, xt, wt, d_in, rows, yt, r0, o0) };
         }
     }
 }
 
-/// `sums[r][o] = Σ_k x[r][k] w[o][k]` over `R` rows of `x` and `O` rows of `w` (each `w[o][k]`
-/// times `scale[o]` when `SCALED`).
+/// `sums[r][o] = Σ_k x[r][k] w[o][k]` over `R` rows of `x` and `O` rows of `w`.
 ///
 /// # Safety
 /// AVX-512 F; `x.len() >= R * d_in` and `w.len() >= O * d_in`.
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn tile<W: Weight, const R: usize, const O: usize, const SCALED: bool>(
+unsafe fn tile<W: Weight, const R: usize, const O: usize>(
     x: &[f32],
     w: &[W],
-    scale: &[f32],
     d_in: usize,
     sums: &mut [[f32; O]; R],
 ) {
     debug_assert!(x.len() >= R * d_in && w.len() >= O * d_in);
-    debug_assert!(!SCALED || scale.len() >= O);
-    let mut scales = [_mm512_setzero_ps(); O];
-    if SCALED {
-        for (v, &s) in scales.iter_mut().zip(scale) {
-            *v = _mm512_set1_ps(s);
-        }
-    }
     let (x, w) = (x.as_ptr(), w.as_ptr());
     let mut acc = [[_mm512_setzero_ps(); O]; R];
     let full = d_in / 16 * 16;
@@ -70,9 +50,6 @@ unsafe fn tile<W: Weight, const R: usize, const O: usize, const SCALED: bool>(
         for (o, v) in wv.iter_mut().enumerate() {
             // SAFETY: k + 16 <= d_in, so row o's 16 values at k are inside `w`.
             *v = unsafe { W::load16(w.add(o * d_in + k)) };
-            if SCALED {
-                *v = _mm512_mul_ps(*v, scales[o]);
-            }
         }
         for (r, acc) in acc.iter_mut().enumerate() {
             // SAFETY: as above, for row r of `x`.
@@ -90,9 +67,6 @@ unsafe fn tile<W: Weight, const R: usize, const O: usize, const SCALED: bool>(
         for (o, v) in wv.iter_mut().enumerate() {
             // SAFETY: the n = d_in - k values left in row o are inside `w`.
             *v = unsafe { W::load16_tail(w.add(o * d_in + k), n) };
-            if SCALED {
-                *v = _mm512_mul_ps(*v, scales[o]);
-            }
         }
         for (r, acc) in acc.iter_mut().enumerate() {
             // SAFETY: the mask covers only the n values left in row r of `x`; masked-off lanes

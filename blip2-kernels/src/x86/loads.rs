@@ -100,29 +100,3 @@ impl Loads for bf16 {
         }
     }
 }
-
-impl Loads for i8 {
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    unsafe fn load16(p: *const i8) -> __m512 {
-        // SAFETY: 16 readable i8 values are 16 bytes; sign-extended to 32 bits, then converted
-        // (exactly: |v| <= 128).
-        unsafe { _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p.cast()))) }
-    }
-
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    unsafe fn load16_tail(p: *const i8, n: usize) -> __m512 {
-        // SAFETY: `padded` reads only the `n` values the caller guarantees.
-        let buf = unsafe { padded(p, n, 0) };
-        // SAFETY: `buf` holds 16 values.
-        unsafe { Self::load16(buf.as_ptr()) }
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[inline]
-    unsafe fn load8(p: *const i8) -> __m256 {
-        // SAFETY: 8 readable i8 values are 8 bytes, which `_mm_loadl_epi64` reads (and no more).
-        unsafe { _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p.cast()))) }
-    }
-}

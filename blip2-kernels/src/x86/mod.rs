@@ -2,20 +2,17 @@
 
 pub mod avx2;
 pub mod avx512;
+pub mod int8;
 mod loads;
 
-/// Calls `$tile::<R, O, SCALED>(x, w, scale, d_in, &mut sums)` for a run-time tile of `$nr` rows
-/// × `$no` outputs (each 1 to 4), `SCALED` when `$scale` (the tile's output scales) is `Some`,
-/// and writes the sums into `yt` (`[outs, rows]`).
+/// Calls `$tile::<R, O>(x, w, d_in, &mut sums)` for a run-time tile of `$nr` rows × `$no`
+/// outputs (each 1 to 4), and writes the sums into `yt` (`[outs, rows]`).
 macro_rules! dispatch_tile {
-    ($tile:ident, $nr:expr, $no:expr, $x:expr, $w:expr, $scale:expr, $d_in:expr, $rows:expr, $yt:expr, $r0:expr, $o0:expr) => {{
+    ($tile:ident, $nr:expr, $no:expr, $x:expr, $w:expr, $d_in:expr, $rows:expr, $yt:expr, $r0:expr, $o0:expr) => {{
         macro_rules! run {
             ($r:literal, $o:literal) => {{
                 let mut sums = [[0f32; $o]; $r];
-                match $scale {
-                    Some(s) => $tile::<_, $r, $o, true>($x, $w, s, $d_in, &mut sums),
-                    None => $tile::<_, $r, $o, false>($x, $w, &[], $d_in, &mut sums),
-                }
+                $tile::<_, $r, $o>($x, $w, $d_in, &mut sums);
                 for (r, row) in sums.iter().enumerate() {
                     for (o, &v) in row.iter().enumerate() {
                         $yt[($o0 + o) * $rows + $r0 + r] = v;
