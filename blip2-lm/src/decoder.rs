@@ -151,7 +151,8 @@ impl DecoderState {
     }
 
     /// Makes room for one more token per row (`tokens` of them): its position per row and the
-    /// `[rows, 1, 1, keys]` mask over every cached position and the new one.
+    /// `[rows, 1, 1, keys]` mask over the cache's whole buffers (the cached positions, the new
+    /// one, and the positions not yet written, which are masked).
     fn step(&mut self, tokens: usize, device: &Device) -> Result<(Vec<i64>, Tensor<4, Bool>)> {
         let rows = self.padding.len();
         if tokens != rows {
@@ -165,11 +166,16 @@ impl DecoderState {
         for pad in &mut self.padding {
             pad.push(false);
         }
-        let keys = self.cache.len() + 1;
+        let keys = self.cache.reserve(1);
+        let unwritten = keys - self.cache.len() - 1;
         let mask: Vec<bool> = self
             .padding
             .iter()
-            .flat_map(|p| p.iter().copied())
+            .flat_map(|p| {
+                p.iter()
+                    .copied()
+                    .chain(std::iter::repeat_n(true, unwritten))
+            })
             .collect();
         let mask = Tensor::<4, Bool>::from_data(TensorData::new(mask, [rows, 1, 1, keys]), device);
         let positions = self.next_position.clone();

@@ -145,7 +145,7 @@ impl LlamaAttention {
         let k = nn::split_heads(self.k_proj.forward(x.clone()), self.kv_heads);
         let v = nn::split_heads(self.v_proj.forward(x), self.kv_heads);
         let (q, k) = (rotate(q, cos, sin), rotate(k, cos, sin));
-        let (k, v) = cache.write(layer, k, v);
+        let (k, v) = cache.write(layer, k, v, mask.dims()[3]);
         let (k, v) = (self.repeat_kv(k), self.repeat_kv(v));
         self.o_proj
             .forward(nn::merge_heads(nn::scaled_attention(q, k, v, Some(mask))))

@@ -43,7 +43,7 @@ impl OptAttention {
         let q = nn::split_heads(self.q_proj.forward(x.clone()), self.num_heads);
         let k = nn::split_heads(self.k_proj.forward(x.clone()), self.num_heads);
         let v = nn::split_heads(self.v_proj.forward(x), self.num_heads);
-        let (k, v) = cache.write(layer, k, v);
+        let (k, v) = cache.write(layer, k, v, mask.dims()[3]);
         self.out_proj
             .forward(nn::merge_heads(nn::scaled_attention(q, k, v, Some(mask))))
     }

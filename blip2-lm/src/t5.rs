@@ -117,7 +117,8 @@ impl T5LayerSelfAttention {
     ) -> Tensor<3> {
         let h = self.layer_norm.forward(x.clone());
         let (k, v) = self.self_attention.kv(h.clone());
-        let (k, v) = cache.write(layer, k, v);
+        let keys = cache.len() + k.dims()[2];
+        let (k, v) = cache.write(layer, k, v, keys);
         x + self.self_attention.attend(h, k, v, None, Some(bias))
     }
 }
