@@ -12,17 +12,35 @@ pub fn zeroed_i8(n: usize) -> Vec<i8> {
     v
 }
 
+/// Asks Linux (6.1 or later, glibc targets) to move the huge-page-aligned interior of `v`, once
+/// written, onto huge pages now (`madvise(MADV_COLLAPSE)`), where the first touch got ordinary
+/// pages (no huge page was free at the time). Best effort: nothing happens elsewhere or on
+/// failure, and the contents are unchanged either way.
+pub fn collapse(v: &[i8]) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    madvise(v.as_ptr().cast(), v.len(), libc::MADV_COLLAPSE);
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = v;
+}
+
 #[cfg(target_os = "linux")]
 fn advise(start: *const u8, len: usize) {
+    madvise(start, len, libc::MADV_HUGEPAGE);
+}
+
+/// `madvise(advice)` over the 2 MiB-aligned interior of `[start, start + len)`.
+#[cfg(target_os = "linux")]
+fn madvise(start: *const u8, len: usize, advice: libc::c_int) {
     const HUGE: usize = 2 << 20;
     let begin = (start as usize).next_multiple_of(HUGE);
     let end = (start as usize + len) / HUGE * HUGE;
     if end > begin {
         // SAFETY: [begin, end) lies inside the allocation that `start` and `len` describe, and
-        // MADV_HUGEPAGE only changes how the kernel backs those pages, not their contents or
-        // validity; the result is ignored (the pages stay ordinary ones on failure).
+        // MADV_HUGEPAGE and MADV_COLLAPSE only change how the kernel backs those pages, not
+        // their contents or validity; the result is ignored (the pages stay as they are on
+        // failure).
         unsafe {
-            libc::madvise(begin as *mut libc::c_void, end - begin, libc::MADV_HUGEPAGE);
+            libc::madvise(begin as *mut libc::c_void, end - begin, advice);
         }
     }
 }

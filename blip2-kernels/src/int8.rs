@@ -98,6 +98,7 @@ impl Int8Matrix {
                 }
                 Ok(())
             })?;
+        crate::huge::collapse(&q);
         Ok(Int8Matrix {
             q,
             scale,
