@@ -182,8 +182,8 @@ pub fn linear_int8(x: &[f32], w: &Int8Matrix, bias: Option<&[f32]>, y: &mut [f32
 /// registers to the value [`Int8Matrix::dequantize`] gives, and the products are summed in f32
 /// one input index after another (`k = 0, 1, …`), fused multiply-adds on AVX2 and separate
 /// multiplies and adds in portable code; then the bias is added. That order does not depend on
-/// the number of rows or threads, so a row's result is the same alone or in a batch. AVX-512
-/// has no int8 kernel of its own: that level runs the AVX2 one.
+/// the number of rows or threads, so a row's result is the same alone or in a batch, and AVX2
+/// and AVX-512 give the same bits.
 ///
 /// # Panics
 /// If `x` or `y` does not fit these shapes, or the CPU cannot run `level`.
@@ -238,11 +238,11 @@ fn panels_at(
 ) {
     match level {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `with_outputs` checked that the CPU runs `level`, and AVX-512 (F) CPUs run
-        // AVX2, FMA and F16C.
-        Level::Avx2 | Level::Avx512 => unsafe {
-            crate::x86::int8::panels(x, q, scale, d_in, rows, yt)
-        },
+        // SAFETY: `with_outputs` checked that the CPU runs `level`.
+        Level::Avx2 => unsafe { crate::x86::int8::panels(x, q, scale, d_in, rows, yt) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Level::Avx512 => unsafe { crate::x86::int8::panels_avx512(x, q, scale, d_in, rows, yt) },
         _ => crate::portable::int8_panels(x, q, scale, d_in, rows, yt),
     }
 }

@@ -158,3 +158,97 @@ fn row_from(x: &[f32], w: &[[__m256; V]], mut acc: [__m256; V]) -> [__m256; V] {
     }
     acc
 }
+
+/// Rows per block of the AVX-512 kernel: the sums of 8 rows × 32 outputs are 16 registers, and
+/// the block's rows share each dequantized panel row while it is still in registers.
+const ROWS_512: usize = 8;
+
+/// [`panels`] on AVX-512 F: each panel row of 32 weights is dequantized once into two 16-lane
+/// registers and used by up to 8 rows at once, with no buffer in between. The sums are the same
+/// fused multiply-adds in the same order (`k = 0, 1, …` per output), so the results are those of
+/// [`panels`] bit for bit.
+///
+/// # Safety
+/// The CPU must support AVX-512 F.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn panels_avx512(
+    x: &[f32],
+    q: &[i8],
+    scale: &[f32],
+    d_in: usize,
+    rows: usize,
+    yt: &mut [f32],
+) {
+    let outs = yt.len() / rows;
+    let np = outs.div_ceil(PANEL);
+    assert!(x.len() == rows * d_in && q.len() == np * PANEL * d_in && scale.len() == np * PANEL);
+    let panels = q.chunks_exact(PANEL * d_in).zip(scale.chunks_exact(PANEL));
+    for (p, (panel, scale)) in panels.enumerate() {
+        // SAFETY: the panel's scales are 32 values: two loads of 16.
+        let s = unsafe {
+            [
+                _mm512_loadu_ps(scale.as_ptr()),
+                _mm512_loadu_ps(scale.as_ptr().add(16)),
+            ]
+        };
+        let n = (outs - p * PANEL).min(PANEL);
+        for r0 in (0..rows).step_by(ROWS_512) {
+            let nr = (rows - r0).min(ROWS_512);
+            let x = &x[r0 * d_in..(r0 + nr) * d_in];
+            let mut sums = [[_mm512_setzero_ps(); 2]; ROWS_512];
+            let sums_of = &mut sums[..nr];
+            match nr {
+                1 => block_512::<1>(x, panel, &s, sums_of),
+                2 => block_512::<2>(x, panel, &s, sums_of),
+                3 => block_512::<3>(x, panel, &s, sums_of),
+                4 => block_512::<4>(x, panel, &s, sums_of),
+                5 => block_512::<5>(x, panel, &s, sums_of),
+                6 => block_512::<6>(x, panel, &s, sums_of),
+                7 => block_512::<7>(x, panel, &s, sums_of),
+                _ => block_512::<ROWS_512>(x, panel, &s, sums_of),
+            }
+            for (r, acc) in sums[..nr].iter().enumerate() {
+                let mut lanes = [0f32; PANEL];
+                for (lanes, a) in lanes.chunks_exact_mut(16).zip(acc) {
+                    // SAFETY: the chunk has room for 16 values.
+                    unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), *a) };
+                }
+                for (j, &v) in lanes[..n].iter().enumerate() {
+                    yt[(p * PANEL + j) * rows + r0 + r] = v;
+                }
+            }
+        }
+    }
+}
+
+/// `R` rows of `x` (`[R, d_in]`) against one panel (`[d_in][32]`), the 32 sums of each row into
+/// `sums` (`R` entries).
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn block_512<const R: usize>(x: &[f32], panel: &[i8], s: &[__m512; 2], sums: &mut [[__m512; 2]]) {
+    let d_in = panel.len() / PANEL;
+    assert!(x.len() == R * d_in && sums.len() == R);
+    let xs: [&[f32]; R] = std::array::from_fn(|r| &x[r * d_in..(r + 1) * d_in]);
+    let mut acc = [[_mm512_setzero_ps(); 2]; R];
+    for (k, q) in panel.chunks_exact(PANEL).enumerate() {
+        if k % 2 == 0 {
+            // A hint only, once per 64-byte line: it never faults, and `wrapping_add` keeps
+            // the address computation defined past the end of the panel.
+            _mm_prefetch::<_MM_HINT_T0>(q.as_ptr().wrapping_add(PREFETCH));
+        }
+        let mut w = [_mm512_setzero_ps(); 2];
+        for ((w, q), s) in w.iter_mut().zip(q.chunks_exact(16)).zip(s) {
+            // SAFETY: `_mm_loadu_si128` reads the chunk's 16 bytes and no more; sign-extended
+            // to 32 bits and converted (exactly: |q| <= 127), then multiplied by the scale
+            // (rounded once, as in `dequantize`).
+            let v = unsafe { _mm512_cvtepi8_epi32(_mm_loadu_si128(q.as_ptr().cast())) };
+            *w = _mm512_mul_ps(_mm512_cvtepi32_ps(v), *s);
+        }
+        for (acc, xr) in acc.iter_mut().zip(&xs) {
+            let xb = _mm512_set1_ps(xr[k]);
+            acc[0] = _mm512_fmadd_ps(xb, w[0], acc[0]);
+            acc[1] = _mm512_fmadd_ps(xb, w[1], acc[1]);
+        }
+    }
+    sums.copy_from_slice(&acc);
+}
