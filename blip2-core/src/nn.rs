@@ -318,9 +318,20 @@ pub fn activate<const D: usize>(act: Activation, x: Tensor<D>) -> Tensor<D> {
         Activation::Relu => activation::relu(x),
         Activation::Gelu => activation::gelu(x),
         Activation::GeluNew => activation::gelu_approximate(x),
-        Activation::Silu => activation::silu(x),
+        // burn's silu is `x · sigmoid(x)`, two roundings in half precision; torch's is one.
+        Activation::Silu => in_f32(x, activation::silu),
         Activation::QuickGelu => x.clone() * activation::sigmoid(x * 1.702),
     }
+}
+
+/// `f(x)` computed in f32 and rounded once to `x`'s precision, as torch's CPU kernels compute an
+/// element-wise function of f16 or bf16 values.
+fn in_f32<const D: usize>(x: Tensor<D>, f: impl FnOnce(Tensor<D>) -> Tensor<D>) -> Tensor<D> {
+    let dtype = x.dtype();
+    if dtype == DType::F32 {
+        return f(x);
+    }
+    f(x.cast(DType::F32)).cast(dtype)
 }
 
 /// Splits `[batch, seq, heads * head_dim]` into `[batch, heads, seq, head_dim]`.
