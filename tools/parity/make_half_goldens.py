@@ -101,6 +101,9 @@ def first_logits_and_encoder(model, inputs, t5: bool):
         out["first_logits"] = result.logits[:, -1, :]
     else:
         out["first_logits"] = model(**inputs).logits[:, -1, :]
+    # What the language model reads in place of the image tokens: lets the tests hold the
+    # language model alone to these logits, from transformers' own input.
+    out["image_features"] = model.get_image_features(inputs["pixel_values"], return_dict=True).pooler_output
     return {k: v.float() for k, v in out.items()}
 
 
