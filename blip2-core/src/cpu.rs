@@ -14,23 +14,24 @@ use burn::tensor::{DType, Element, Tensor, TensorData};
 
 /// `x Wᵀ (+ b)` for `x: [rows, in]`, `W: [out, in]`, `b: [out]`, computed by the kernels when
 /// they apply: at most [`blip2_kernels::MAX_ROWS`] rows, `x`, `W` and `b` of one dtype (f32, f16
-/// or bf16), contiguous and on the flex backend. `None` otherwise, and the caller uses burn's
-/// product.
+/// or bf16), contiguous and on the flex backend. More rows in f16 or bf16 on flex go through
+/// burn's f32 product (below). `None` otherwise, and the caller uses burn's product.
 ///
-/// In f16 and bf16 the products are summed in f32 and rounded to the dtype, then the bias is
-/// added and the sum rounded again: the same numbers as burn's product followed by its addition,
-/// so the kernels change the speed and nothing else. (PyTorch rounds once, after the bias; doing
-/// that here measured 1.5–2.5× farther from transformers' and from the f32 results at the tiny
-/// fixtures' Q-Former and logits, whose other layers are burn's — see docs/performance.md.)
+/// In f16 and bf16 the products and the bias are summed in f32 and rounded once, as torch's CPU
+/// linear layer computes them (checked element for element against torch 2.15 on this project's
+/// machine); past [`blip2_kernels::MAX_ROWS`] rows, or with the kernels off, the product is
+/// burn's over the operands widened to f32, with the same single rounding. burn's own
+/// half-precision product rounds before the bias is added: on the tiny InstructBLIP fixture
+/// that second rounding put the f16 Q-Former output 6.7e-3 (rms) from f32, against 4.0e-3
+/// without it and transformers' 3.2e-3 (docs/performance.md).
 pub fn linear(x: &Tensor<2>, weight: &Tensor<2>, bias: Option<&Tensor<1>>) -> Option<Tensor<2>> {
     let rows = x.dims()[0];
     let dtype = weight.dtype();
-    if !enabled()
-        || rows == 0
-        || rows > blip2_kernels::MAX_ROWS
-        || x.dtype() != dtype
-        || bias.is_some_and(|b| b.dtype() != dtype)
-    {
+    if !enabled() || rows > blip2_kernels::MAX_ROWS {
+        // The same numbers without the kernels (`BLIP2_KERNELS=off` changes only the speed).
+        return wide_half(x, weight, bias);
+    }
+    if rows == 0 || x.dtype() != dtype || bias.is_some_and(|b| b.dtype() != dtype) {
         return None;
     }
     // O(1): the primitives share their storage with the tensors.
@@ -54,6 +55,28 @@ pub fn linear(x: &Tensor<2>, weight: &Tensor<2>, bias: Option<&Tensor<1>>) -> Op
         _ => return None,
     };
     Some(crate::nn::tensor(data, &x.device()))
+}
+
+/// More rows than the kernels take, in f16 or bf16 on flex: burn's product of the operands
+/// widened to f32 (exactly), the bias added in f32, and one rounding, as torch computes it (burn's
+/// half-precision product widens both operands too, but rounds before the bias is added). `None`
+/// for f32, and off flex.
+fn wide_half(x: &Tensor<2>, weight: &Tensor<2>, bias: Option<&Tensor<1>>) -> Option<Tensor<2>> {
+    let dtype = weight.dtype();
+    if !matches!(dtype, DType::F16 | DType::BF16)
+        || x.dtype() != dtype
+        || bias.is_some_and(|b| b.dtype() != dtype)
+    {
+        return None;
+    }
+    // Only on flex: other backends multiply half precision natively.
+    weight.clone().try_into_primitive::<Flex>().ok()?;
+    let y = crate::nn::project_burn(x.clone().cast(DType::F32), weight.clone().cast(DType::F32));
+    let y = match bias {
+        Some(b) => y + b.clone().cast(DType::F32).unsqueeze::<2>(),
+        None => y,
+    };
+    Some(y.cast(dtype))
 }
 
 /// Runs `f` on `x`'s f32 values in place when `x` is a contiguous f32 tensor on burn-flex;
@@ -83,9 +106,8 @@ impl Half for bf16 {
     }
 }
 
-/// The product for 16-bit `x`, `w` and `b`: `x` widened to f32 (exactly), the sums in f32, each
-/// rounded to `H`, then the bias added (and rounded) as burn adds it. `None` where a tensor is
-/// not contiguous.
+/// The product for 16-bit `x`, `w` and `b`: `x` widened to f32 (exactly), the sums and the bias
+/// in f32, each output rounded once to `H`. `None` where a tensor is not contiguous.
 fn half<H: Half>(
     x: &FlexTensor,
     w: &FlexTensor,
@@ -102,7 +124,7 @@ fn half<H: Half>(
         Some(b) => y
             .into_iter()
             .zip(b.iter().cycle())
-            .map(|(v, b)| H::round(H::round(v).to_f32() + b.to_f32()))
+            .map(|(v, b)| H::round(v + b.to_f32()))
             .collect(),
         None => y.into_iter().map(H::round).collect(),
     })
@@ -127,13 +149,16 @@ mod tests {
     use super::*;
     use burn::tensor::Distribution;
 
-    /// The kernels' result against burn's product and bias addition on the same tensors, in the
-    /// same dtype (burn widens 16-bit operands to f32 and rounds the product, then the sum).
+    /// The result against a reference from the operands widened to f32, product and bias summed
+    /// in f32 and rounded once to the dtype (what torch computes), through the kernels (up to 16
+    /// rows) and the wide path (more). Summation order may move an output across a rounding
+    /// boundary now and then, never by more than a unit in the last place; a second rounding
+    /// (product, then bias) changes about a third of the outputs, which the count below catches.
     #[test]
-    fn kernels_agree_with_burn_in_every_dtype() {
+    fn one_rounding_after_the_bias_in_every_dtype() {
         let device = burn::tensor::Device::default();
         for dtype in [DType::F32, DType::F16, DType::BF16] {
-            for (rows, d_in, out) in [(1, 64, 96), (3, 33, 17), (16, 256, 40)] {
+            for (rows, d_in, out) in [(1, 64, 96), (3, 33, 17), (16, 256, 40), (40, 96, 48)] {
                 let x =
                     Tensor::<2>::random([rows, d_in], Distribution::Uniform(-1.0, 1.0), &device)
                         .cast(dtype);
@@ -142,29 +167,53 @@ mod tests {
                 let b = Tensor::<1>::random([out], Distribution::Uniform(-1.0, 1.0), &device)
                     .cast(dtype);
                 for bias in [None, Some(&b)] {
-                    let got = linear(&x, &w, bias).expect("the kernels apply");
+                    let Some(got) = linear(&x, &w, bias) else {
+                        // burn's own f32 product, past the kernels' rows or with them off.
+                        assert!(
+                            dtype == DType::F32 && (rows > blip2_kernels::MAX_ROWS || !enabled())
+                        );
+                        continue;
+                    };
                     assert_eq!(got.dtype(), dtype);
-                    let product = x.clone().matmul(w.clone().transpose());
+                    let wide = |t: &Tensor<2>| t.clone().cast(DType::F32);
+                    let product = wide(&x).matmul(wide(&w).transpose());
                     let want = match bias {
-                        Some(b) => product + b.clone().unsqueeze::<2>(),
+                        Some(b) => product + b.clone().cast(DType::F32).unsqueeze::<2>(),
                         None => product,
                     }
+                    .cast(dtype)
                     .cast(DType::F32);
-                    let diff: f32 = (got.cast(DType::F32) - want.clone())
-                        .abs()
-                        .max()
-                        .into_scalar();
-                    let scale: f32 = want.abs().max().into_scalar();
-                    // Summation order only: within a unit in the last place of the dtype.
+                    let got: Vec<f32> = got
+                        .cast(DType::F32)
+                        .into_data()
+                        .try_to_vec::<f32>()
+                        .unwrap();
+                    let want: Vec<f32> = want.into_data().try_to_vec::<f32>().unwrap();
+                    // A unit in the last place at the largest output (f32: summation order
+                    // over up to 256 terms, as the old check allowed).
+                    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
                     let ulp = match dtype {
                         DType::F32 => 1e-5,
-                        DType::F16 => 1e-3,
-                        _ => 8e-3,
+                        DType::F16 => 2f32.powi(-10),
+                        _ => 2f32.powi(-7),
                     };
-                    assert!(
-                        diff <= ulp * scale,
-                        "{dtype:?} {rows}x{d_in}x{out}: {diff} vs {scale}"
-                    );
+                    let mut differ = 0;
+                    for (g, r) in got.iter().zip(&want) {
+                        let diff = (g - r).abs();
+                        assert!(
+                            diff <= ulp * scale,
+                            "{dtype:?} {rows}x{d_in}x{out}: {g} against {r}"
+                        );
+                        differ += usize::from(diff > 0.0);
+                    }
+                    if dtype != DType::F32 {
+                        assert!(
+                            differ * 50 <= got.len(),
+                            "{dtype:?} {rows}x{d_in}x{out} bias {}: {differ} of {} outputs differ",
+                            bias.is_some(),
+                            got.len()
+                        );
+                    }
                 }
             }
         }

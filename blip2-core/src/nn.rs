@@ -190,8 +190,9 @@ const PROJECT_BLOCKS: usize = 4;
 
 /// `x Wᵀ` for `x: [rows, in]` and `W: [out, in]` (PyTorch's layout), as `[rows, out]`.
 ///
-/// With the `flex` feature, on burn-flex, at most 16 rows in f32 go through `blip2-kernels`
-/// (memory-bound matrix-vector kernels); otherwise, as follows.
+/// With the `flex` feature, on burn-flex, at most 16 rows go through `blip2-kernels`
+/// (memory-bound matrix-vector kernels), and more rows in f16 or bf16 through the product below
+/// over operands widened to f32, rounded once (`cpu::linear`); otherwise, as follows.
 ///
 /// Computed as `(W xᵀ)ᵀ` with `W`'s rows split into four blocks, one batched
 /// matrix product. On the CPU backend this is both the fastest orientation for BLIP-2's shapes and
@@ -205,6 +206,11 @@ pub fn project(x: Tensor<2>, weight: Tensor<2>) -> Tensor<2> {
     if let Some(y) = crate::cpu::linear(&x, &weight, None) {
         return y;
     }
+    project_burn(x, weight)
+}
+
+/// [`project`] by burn's matrix product alone (the kernels not asked), in `x`'s dtype.
+pub(crate) fn project_burn(x: Tensor<2>, weight: Tensor<2>) -> Tensor<2> {
     let [out, d_in] = weight.dims();
     let rows = x.dims()[0];
     let blocks = if out % PROJECT_BLOCKS == 0 {
