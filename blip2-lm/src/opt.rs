@@ -40,12 +40,17 @@ impl OptAttention {
         cache: &mut KvCache,
         layer: usize,
     ) -> Tensor<3> {
-        let q = nn::split_heads(self.q_proj.forward(x.clone()), self.num_heads);
+        // The queries scaled after the projection, in the model's dtype, and the attention
+        // unscaled: transformers' order, which rounds differently in f16 and bf16 from scaling
+        // the scores (f32 alike up to summation order).
+        let q = self.q_proj.forward(x.clone());
+        let head_dim = q.dims()[2] / self.num_heads;
+        let q = nn::split_heads(q * (head_dim as f64).powf(-0.5), self.num_heads);
         let k = nn::split_heads(self.k_proj.forward(x.clone()), self.num_heads);
         let v = nn::split_heads(self.v_proj.forward(x), self.num_heads);
         let (k, v) = cache.write(layer, k, v, mask.dims()[3]);
         self.out_proj
-            .forward(nn::merge_heads(nn::scaled_attention(q, k, v, Some(mask))))
+            .forward(nn::merge_heads(nn::attend(q, k, v, Some(mask), None, 1.0)))
     }
 }
 
