@@ -291,15 +291,11 @@ fn run_half(precision: &common::Precision) {
     }
 }
 
-/// Ignored: 7 of the 8 cases pass, but `vqa_greedy`'s first-step logits are 1.9e-2 (rms) from
-/// the f32 result where transformers' f16 logits are 5.8e-3 away, over the 3x bound; not yet
-/// understood (bf16 passes every case). Probed on 2026-12-04: the projected Q-Former output in
-/// f16 is as far from f32 as transformers' without an instruction (3.21e-3 against 3.20e-3) and
-/// 1.0–2.1x as far with one (vqa_greedy 6.7e-3 against 3.2e-3), so the difference begins in the
-/// instruction's path through the Q-Former; computing SiLU in f32 did not change it. Run with
-/// `cargo test --release --test instructblip -- --ignored llama_f16`.
+/// f16 used to fail here: `vqa_greedy`'s first-step logits were 3.3x as far from f32 as
+/// transformers' (bound 3x). Dumping every Q-Former stage showed our linear layers rounding the
+/// product before adding the bias, where torch rounds once; with one rounding (blip2-core's
+/// `cpu::linear`) each stage matches torch's up to summation order, and the logits are 1.6x.
 #[test]
-#[ignore = "vqa_greedy's f16 logits are 3.2x farther from f32 than transformers' (bound 3x); open"]
 fn llama_f16() {
     run_half(&common::F16);
 }
