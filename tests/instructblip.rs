@@ -277,18 +277,30 @@ fn t5_case_features_match_transformers() {
     check_case_features(T5);
 }
 
-/// The LLaMA fixture in f16 and bf16 against transformers in the same precision
-/// (`generation_{f16,bf16}.*`): first-step logits within the precision's tolerance and no more
-/// than `ACCURACY_FACTOR` times as far from the f32 result as transformers', ids over the steps
-/// where transformers' choice was clear (the rules of tests/half_precision.rs).
-fn run_half(precision: &common::Precision) {
+/// A fixture in f16 and bf16 against transformers in the same precision
+/// (`generation_{f16,bf16}.*`; for T5 the language model in f32, as this crate runs it):
+/// first-step logits within the precision's tolerance and no more than `ACCURACY_FACTOR` times as
+/// far from the f32 result as transformers', the language model alone from transformers'
+/// features, ids over the steps where transformers' choice was clear (the rules of
+/// tests/half_precision.rs).
+fn run_half(fixture: &str, precision: &common::Precision) {
     if !blip2::Device::default().supports_dtype(precision.dtype.to_burn()) {
         eprintln!("skipped: this backend has no {:?}", precision.dtype);
         return;
     }
-    for case in common::cases_in(LLAMA, precision) {
-        common::run_case_in(LLAMA, case["name"].as_str().unwrap(), precision);
+    for case in common::cases_in(fixture, precision) {
+        common::run_case_in(fixture, case["name"].as_str().unwrap(), precision);
     }
+}
+
+#[test]
+fn t5_f16() {
+    run_half(T5, &common::F16);
+}
+
+#[test]
+fn t5_bf16() {
+    run_half(T5, &common::BF16);
 }
 
 /// f16 used to fail here: `vqa_greedy`'s first-step logits were 3.3x as far from f32 as
@@ -297,10 +309,10 @@ fn run_half(precision: &common::Precision) {
 /// `cpu::linear`) each stage matches torch's up to summation order, and the logits are 1.6x.
 #[test]
 fn llama_f16() {
-    run_half(&common::F16);
+    run_half(LLAMA, &common::F16);
 }
 
 #[test]
 fn llama_bf16() {
-    run_half(&common::BF16);
+    run_half(LLAMA, &common::BF16);
 }

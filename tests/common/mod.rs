@@ -264,6 +264,11 @@ pub fn run_case_in(fixture: &str, name: &str, precision: &Precision) {
         // tiny random models a rounding-level difference in the features grows several-fold
         // through the language model, so end to end only the first step's rms rule above holds.
         // The end-to-end steps still decide `noise`, which bounds the ids compared below.
+        // T5 runs in f32 whatever the precision, so from their features it is held to f32's.
+        let alone_tolerance = match model.language_model() {
+            TextModel::T5(_) => F32.tolerance * backend_slack(),
+            _ => tolerance,
+        };
         let forced = match their_features_prompt(fixture, &at, &prompt, precision) {
             Some(theirs) => {
                 let key = format!("{name}.first_logits");
@@ -271,12 +276,15 @@ pub fn run_case_in(fixture: &str, name: &str, precision: &Precision) {
                 let alone = max_abs(&values(first_logits(model, &theirs)), &golden);
                 println!("{name}: {key} from their features max-abs {alone:e}");
                 assert!(
-                    alone <= tolerance,
-                    "{key} from transformers' features: max-abs {alone} > {tolerance}"
+                    alone <= alone_tolerance,
+                    "{key} from transformers' features: max-abs {alone} > {alone_tolerance}"
                 );
                 let alone = check_forced_steps(model, &at, &case, &theirs, "from their features");
                 if let Some(worst) = alone {
-                    assert!(worst <= tolerance, "{name}.step_logits from transformers' features: max-abs {worst} > {tolerance}");
+                    assert!(
+                        worst <= alone_tolerance,
+                        "{name}.step_logits from transformers' features: max-abs {worst} > {alone_tolerance}"
+                    );
                 }
                 check_forced_steps(model, &at, &case, &prompt, "end to end")
             }

@@ -158,7 +158,7 @@ def first_logits(model, inputs, decoder_only):
     ).pooler_output
     embeds = lm.get_input_embeddings()(inputs["input_ids"])
     mask = (inputs["input_ids"] == model.config.image_token_index).unsqueeze(-1)
-    embeds = embeds.masked_scatter(mask, features)
+    embeds = embeds.masked_scatter(mask, features.to(embeds.dtype))
     if decoder_only:
         # The positions generate() gives the prompt (cumsum of the mask; a plain forward would
         # count padding too).
@@ -169,12 +169,20 @@ def first_logits(model, inputs, decoder_only):
     return model(**inputs, decoder_input_ids=start).logits[:, -1, :], features
 
 
+def t5_encoder_output(model, inputs, features):
+    """The T5 encoder's output over the prompt with `features` at the image tokens."""
+    lm = model.language_model
+    embeds = lm.get_input_embeddings()(inputs["input_ids"])
+    mask = (inputs["input_ids"] == model.config.image_token_index).unsqueeze(-1)
+    embeds = embeds.masked_scatter(mask, features.to(embeds.dtype))
+    return lm.encoder(inputs_embeds=embeds, attention_mask=inputs["attention_mask"]).last_hidden_state
+
+
 def generation_goldens(model, processor, images, out: Path, decoder_only: bool, pad: int):
     """generate() for every case: the processor's rows (LM and Q-Former), first-step logits (T5:
     and the encoder output), new tokens, texts and greedy step margins. Also how far transformers'
     own f32 logits are from the same model run in f64 (`reference_f32_error`): the f32 tolerance
     means something only where that is well below it."""
-    lm = model.language_model
     exact = InstructBlipForConditionalGeneration.from_pretrained(str(out), dtype=torch.float64).eval()
     cases, tensors = [], {}
     min_gap, worst_reference = float("inf"), 0.0
@@ -188,11 +196,7 @@ def generation_goldens(model, processor, images, out: Path, decoder_only: bool, 
             logits, features = first_logits(model, inputs, decoder_only)
             tensors[f"{name}.image_features"] = features
             if not decoder_only:
-                embeds = lm.get_input_embeddings()(inputs["input_ids"])
-                mask = (inputs["input_ids"] == model.config.image_token_index).unsqueeze(-1)
-                embeds = embeds.masked_scatter(mask, features)
-                enc = lm.encoder(inputs_embeds=embeds, attention_mask=inputs["attention_mask"]).last_hidden_state
-                tensors[f"{name}.encoder_last_hidden_state"] = enc
+                tensors[f"{name}.encoder_last_hidden_state"] = t5_encoder_output(model, inputs, features)
             tensors[f"{name}.first_logits"] = logits
             reference_error = float((logits.double() - exact_logits).abs().max())
             worst_reference = max(worst_reference, reference_error)
@@ -215,16 +219,19 @@ def generation_goldens(model, processor, images, out: Path, decoder_only: bool, 
         print(f"  {c['name']}: {c['new_tokens']} min margin {min(small) if small else None}")
 
 
-def half_goldens(processor, images, out: Path, pad: int):
+def half_goldens(processor, images, out: Path, decoder_only: bool, pad: int):
     """The same cases with the model loaded in f16 and in bf16 (`from_pretrained(dtype=...)`:
     everything in that precision; under f16 transformers keeps the query tokens in f32 and rounds
-    them to the Q-Former's precision before use, which is what blip2 computes): generation_{f16,bf16}.*, logits stored
-    as f32. Only for the LLaMA fixture: blip2 runs T5 in f32 whatever the precision, a split
-    transformers' InstructBLIP has no switch for."""
+    them to the Q-Former's precision before use, which is what blip2 computes), with the
+    precision split blip2 uses: a T5 language model goes back to f32 (blip2 runs T5 in f32
+    whatever the precision; transformers casts the projected queries to the language model's
+    dtype, as blip2 does). Writes generation_{f16,bf16}.*, logits and features stored as f32."""
     for tag, dtype in [("f16", torch.float16), ("bf16", torch.bfloat16)]:
         model = InstructBlipForConditionalGeneration.from_pretrained(str(out), dtype=dtype).eval()
         # transformers keeps the query tokens in f32 under f16 only (as for BLIP-2's Q-Former).
         assert model.query_tokens.dtype == (torch.float32 if dtype == torch.float16 else dtype)
+        if not decoder_only:
+            model.language_model.float()
         cases, tensors = [], {}
         for name, image_names, prompts, kwargs in CASES:
             imgs = [images[n] for n in image_names]
@@ -232,12 +239,16 @@ def half_goldens(processor, images, out: Path, pad: int):
             inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
             with torch.no_grad():
                 out_ids = model.generate(**inputs, do_sample=False, **kwargs)
-                logits, features = first_logits(model, inputs, True)
+                logits, features = first_logits(model, inputs, decoder_only)
                 tensors[f"{name}.image_features"] = features.float()
                 tensors[f"{name}.first_logits"] = logits.float()
+                if not decoder_only:
+                    enc = t5_encoder_output(model, inputs, features)
+                    tensors[f"{name}.encoder_last_hidden_state"] = enc.float()
                 margins = mf.greedy_margins(model, inputs, kwargs)
-            record = mf.case_record(name, image_names, prompts, kwargs, inputs, out_ids,
-                                    inputs["input_ids"].shape[1], processor, pad=pad)
+            prompt_len = inputs["input_ids"].shape[1] if decoder_only else 1
+            record = mf.case_record(name, image_names, prompts, kwargs, inputs, out_ids, prompt_len,
+                                    processor, pad=pad)
             record["qformer_input_ids"] = inputs["qformer_input_ids"].tolist()
             record["qformer_attention_mask"] = inputs["qformer_attention_mask"].tolist()
             cases.append(record | {"step_margins": margins})
@@ -271,7 +282,7 @@ def make_llama(images, out: Path):
     assert not torch.equal(model.language_model.lm_head.weight, model.language_model.model.embed_tokens.weight)
     model_goldens(model, processor, images, out)
     generation_goldens(model, processor, images, out, decoder_only=True, pad=0)
-    half_goldens(processor, images, out, pad=0)
+    half_goldens(processor, images, out, decoder_only=True, pad=0)
 
 
 def make_t5(images, out: Path):
@@ -299,6 +310,7 @@ def make_t5(images, out: Path):
     model = InstructBlipForConditionalGeneration.from_pretrained(str(out), dtype=torch.float32).eval()
     model_goldens(model, processor, images, out)
     generation_goldens(model, processor, images, out, decoder_only=False, pad=0)
+    half_goldens(processor, images, out, decoder_only=False, pad=0)
 
 
 def main():
@@ -306,7 +318,7 @@ def main():
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--half-only", action="store_true",
-                        help="only (re)write the f16/bf16 goldens of the existing LLaMA fixture")
+                        help="only (re)write the f16/bf16 goldens of the existing fixtures")
     args = parser.parse_args()
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(1)
@@ -316,8 +328,9 @@ def main():
     if args.half_only:
         from transformers import AutoProcessor
 
-        out = fixtures / "tiny-instructblip-llama"
-        half_goldens(AutoProcessor.from_pretrained(str(out)), images, out, pad=0)
+        for sub, decoder_only in [("tiny-instructblip-llama", True), ("tiny-instructblip-t5", False)]:
+            out = fixtures / sub
+            half_goldens(AutoProcessor.from_pretrained(str(out)), images, out, decoder_only=decoder_only, pad=0)
         return
     for sub, make in [("tiny-instructblip-llama", make_llama), ("tiny-instructblip-t5", make_t5)]:
         out = fixtures / sub
