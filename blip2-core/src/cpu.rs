@@ -1,6 +1,8 @@
 //! Linear layers on burn-flex through the `blip2-kernels` crate (feature `flex`): a few rows times
 //! a large weight, the shape of every decoding step, where burn's matrix product leaves most
-//! of the memory bandwidth unused (and, in f16 and bf16, first converts the whole weight to f32).
+//! of the memory bandwidth unused (and, in f16 and bf16, first converts the whole weight to f32),
+//! and many rows (image encoding, prefill) through `gemm`'s blocked kernels called on the weight
+//! in place, where burn's product goes through transposed copies.
 //!
 //! `BLIP2_KERNELS=off` sends every product back to burn (to compare); `portable`, `avx2` and
 //! `avx512` force a kernel level (see `blip2_kernels::Level::detected`).
@@ -13,21 +15,21 @@ use burn::backend::Flex;
 use burn::tensor::{DType, Element, Tensor, TensorData};
 
 /// `x Wᵀ (+ b)` for `x: [rows, in]`, `W: [out, in]`, `b: [out]`, computed by the kernels when
-/// they apply: at most [`blip2_kernels::MAX_ROWS`] rows, `x`, `W` and `b` of one dtype (f32, f16
-/// or bf16), contiguous and on the flex backend. More rows in f16 or bf16 on flex go through
-/// burn's f32 product (below). `None` otherwise, and the caller uses burn's product.
+/// they apply: `x`, `W` and `b` of one dtype (f32, f16 or bf16), contiguous and on the flex
+/// backend; up to [`blip2_kernels::MAX_ROWS`] rows by the matrix-vector kernels, more by `gemm`.
+/// With the kernels off (`BLIP2_KERNELS=off`), f16 and bf16 on flex go through burn's f32
+/// product (below). `None` otherwise, and the caller uses burn's product.
 ///
 /// In f16 and bf16 the products and the bias are summed in f32 and rounded once, as torch's CPU
 /// linear layer computes them (checked element for element against torch 2.15 on this project's
-/// machine); past [`blip2_kernels::MAX_ROWS`] rows, or with the kernels off, the product is
-/// burn's over the operands widened to f32, with the same single rounding. burn's own
-/// half-precision product rounds before the bias is added: on the tiny InstructBLIP fixture
-/// that second rounding put the f16 Q-Former output 6.7e-3 (rms) from f32, against 4.0e-3
-/// without it and transformers' 3.2e-3 (docs/performance.md).
+/// machine); with the kernels off the product is burn's over the operands widened to f32, with
+/// the same single rounding. burn's own half-precision product rounds before the bias is added:
+/// on the tiny InstructBLIP fixture that second rounding put the f16 Q-Former output 6.7e-3
+/// (rms) from f32, against 4.0e-3 without it and transformers' 3.2e-3 (docs/performance.md).
 pub fn linear(x: &Tensor<2>, weight: &Tensor<2>, bias: Option<&Tensor<1>>) -> Option<Tensor<2>> {
     let rows = x.dims()[0];
     let dtype = weight.dtype();
-    if !enabled() || rows > blip2_kernels::MAX_ROWS {
+    if !enabled() {
         // The same numbers without the kernels (`BLIP2_KERNELS=off` changes only the speed).
         return wide_half(x, weight, bias);
     }
@@ -57,8 +59,8 @@ pub fn linear(x: &Tensor<2>, weight: &Tensor<2>, bias: Option<&Tensor<1>>) -> Op
     Some(crate::nn::tensor(data, &x.device()))
 }
 
-/// More rows than the kernels take, in f16 or bf16 on flex: burn's product of the operands
-/// widened to f32 (exactly), the bias added in f32, and one rounding, as torch computes it (burn's
+/// With the kernels off, in f16 or bf16 on flex: burn's product of the operands widened to f32
+/// (exactly), the bias added in f32, and one rounding, as torch computes it (burn's
 /// half-precision product widens both operands too, but rounds before the bias is added). `None`
 /// for f32, and off flex.
 fn wide_half(x: &Tensor<2>, weight: &Tensor<2>, bias: Option<&Tensor<1>>) -> Option<Tensor<2>> {
@@ -150,8 +152,9 @@ mod tests {
     use burn::tensor::Distribution;
 
     /// The result against a reference from the operands widened to f32, product and bias summed
-    /// in f32 and rounded once to the dtype (what torch computes), through the kernels (up to 16
-    /// rows) and the wide path (more). Summation order may move an output across a rounding
+    /// in f32 and rounded once to the dtype (what torch computes), through the matrix-vector
+    /// kernels (up to 16 rows) and `gemm` (more), or burn's wide product with the kernels off
+    /// (`BLIP2_KERNELS=off`; f32 then has no result here). Summation order may move an output across a rounding
     /// boundary now and then, never by more than a unit in the last place; a second rounding
     /// (product, then bias) changes about a third of the outputs, which the count below catches.
     #[test]
@@ -168,10 +171,8 @@ mod tests {
                     .cast(dtype);
                 for bias in [None, Some(&b)] {
                     let Some(got) = linear(&x, &w, bias) else {
-                        // burn's own f32 product, past the kernels' rows or with them off.
-                        assert!(
-                            dtype == DType::F32 && (rows > blip2_kernels::MAX_ROWS || !enabled())
-                        );
+                        // burn's own f32 product, with the kernels off.
+                        assert!(dtype == DType::F32 && !enabled());
                         continue;
                     };
                     assert_eq!(got.dtype(), dtype);

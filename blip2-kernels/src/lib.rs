@@ -11,6 +11,11 @@
 //! oversubscribed) in contiguous blocks; each output element is reduced by one thread, in an
 //! order that depends only on `in`, so results do not depend on the number of threads.
 //!
+//! More rows than [`MAX_ROWS`] (image encoding, the Q-Former, a prefill) are bound by compute
+//! instead: [`linear`] hands them to the `gemm` crate's cache-blocked kernels, with the weight
+//! read in place as the transposed operand (16-bit weights widened a block of rows at a time)
+//! and the bias read from the output, split over the same pool.
+//!
 //! The instruction set is chosen once at run time ([`Level::detected`]): AVX-512, AVX2 with FMA
 //! and F16C, or portable Rust. `BLIP2_KERNELS=portable|avx2|avx512` forces a level (the CPU's best is used
 //! when it lacks the one asked for), so tests can cover each path on one machine.
@@ -19,6 +24,7 @@
 
 mod huge;
 mod int8;
+mod many;
 mod portable;
 mod weight;
 #[cfg(target_arch = "x86_64")]
@@ -30,7 +36,8 @@ pub use weight::Weight;
 
 use std::sync::OnceLock;
 
-/// Most input rows the kernels are meant for; beyond it a blocked GEMM (burn's) is faster.
+/// Most input rows the matrix-vector kernels take; [`linear`] multiplies more rows with the
+/// `gemm` crate's blocked kernels (cache-blocked, compute-bound), the weight read in place.
 pub const MAX_ROWS: usize = 16;
 
 /// This machine's streaming read bandwidth in GB/s, the figure the kernels are bound by: every
@@ -126,7 +133,10 @@ pub fn linear<W: Weight>(x: &[f32], w: &[W], bias: Option<&[W]>, d_in: usize, y:
 
 /// `y = x Wᵀ + b` for `x: [rows, in]`, `w: [out, in]` (row-major), `bias: [out]`,
 /// `y: [rows, out]`, at `level`. Each output is `Σ_k x[r][k] w[o][k]` summed in f32 in an order
-/// that depends only on `in` and `level`, plus the bias, rounded once to f32.
+/// that depends only on `in` and `level`, plus the bias, rounded once to f32. Past
+/// [`MAX_ROWS`] rows the products are `gemm`'s (whatever `level`; `gemm` picks its own
+/// instruction set), summed in an order that depends on the shapes only, the bias added to
+/// the sum.
 ///
 /// # Panics
 /// If the lengths do not fit these shapes (`d_in` = 0, `w.len()` not a multiple of `d_in`, ...),
@@ -144,6 +154,14 @@ pub fn linear_at<W: Weight>(
         "shapes"
     );
     let (out, rows) = (w.len() / d_in, x.len() / d_in);
+    if rows > MAX_ROWS {
+        assert_eq!(y.len(), rows * out, "y must be [rows, out]");
+        if let Some(b) = bias {
+            assert_eq!(b.len(), out, "bias must be [out]");
+        }
+        many::linear_many(x, w, bias, d_in, y);
+        return;
+    }
     with_outputs(level, rows, out, bias, y, |yt| {
         products(level, x, w, d_in, rows, yt)
     })
@@ -339,6 +357,53 @@ mod tests {
             check::<bf16>(level, 1, 1030, 2560, true);
             check::<f16>(level, 2, 2049, 33, true);
         }
+    }
+
+    /// Past `MAX_ROWS` rows (`gemm`, 16-bit weights widened a block at a time): against the
+    /// reference at the first row count past the limit, at tails of `gemm`'s register blocks and
+    /// of the widening block (`out` of 1, 255–257 and 300 columns), with and without a bias.
+    #[test]
+    fn many_rows_match_the_reference() {
+        let level = Level::detected();
+        for rows in [MAX_ROWS + 1, 33, 70] {
+            for (out, d_in) in [(1, 9), (17, 33), (255, 64), (257, 31), (300, 130)] {
+                for bias in [false, true] {
+                    check::<f32>(level, rows, out, d_in, bias);
+                    check::<f16>(level, rows, out, d_in, bias);
+                    check::<bf16>(level, rows, out, d_in, bias);
+                }
+            }
+        }
+    }
+
+    /// Many rows split over threads by `gemm` (a product large enough to go parallel) give the
+    /// same bits on 1, 2 and 3 threads, and infinities and NaN in the weight propagate.
+    #[test]
+    fn many_rows_do_not_depend_on_the_thread_count() {
+        let (rows, out, d_in) = (64, 1030, 128);
+        assert!(
+            rows * out * d_in >= 192 * 192 * 192,
+            "large enough to be split"
+        );
+        let x = values(rows * d_in, 8);
+        let mut w = weights::<bf16>(out * d_in, 9);
+        w[5] = bf16::INFINITY;
+        w[d_in * 7 + 3] = bf16::NAN;
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let mut y = vec![0f32; rows * out];
+            pool.install(|| linear(&x, &w, None, d_in, &mut y));
+            y
+        };
+        let one = run(1);
+        assert_eq!(one[0], f32::INFINITY * x[5].signum());
+        assert!(one[7].is_nan());
+        let bits = |y: &[f32]| y.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&one), bits(&run(2)));
+        assert_eq!(bits(&one), bits(&run(3)));
     }
 
     /// Special values go through the widening unchanged: infinities and NaN propagate, and

@@ -9,17 +9,40 @@ use half::{bf16, f16};
 pub trait Weight: Copy + Send + Sync + 'static + sealed::Loads {
     /// Its value as f32 (exact).
     fn to_f32(self) -> f32;
+
+    /// `values` themselves when they already are f32 (`None` for the 16-bit types).
+    fn as_f32(values: &[Self]) -> Option<&[f32]> {
+        let _ = values;
+        None
+    }
+
+    /// `values` widened to f32 into `out` (exact; the lengths must agree).
+    fn widen(values: &[Self], out: &mut [f32]) {
+        assert_eq!(values.len(), out.len(), "widen: lengths differ");
+        out.iter_mut()
+            .zip(values)
+            .for_each(|(o, v)| *o = v.to_f32());
+    }
 }
 
 impl Weight for f32 {
     fn to_f32(self) -> f32 {
         self
     }
+
+    fn as_f32(values: &[Self]) -> Option<&[f32]> {
+        Some(values)
+    }
 }
 
 impl Weight for f16 {
     fn to_f32(self) -> f32 {
         f16::to_f32(self)
+    }
+
+    fn widen(values: &[Self], out: &mut [f32]) {
+        // The `half` crate's slice conversion (F16C where the CPU has it).
+        half::slice::HalfFloatSliceExt::convert_to_f32_slice(values, out);
     }
 }
 
