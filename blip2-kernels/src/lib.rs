@@ -380,30 +380,40 @@ mod tests {
     /// same bits on 1, 2 and 3 threads, and infinities and NaN in the weight propagate.
     #[test]
     fn many_rows_do_not_depend_on_the_thread_count() {
-        let (rows, out, d_in) = (64, 1030, 128);
-        assert!(
-            rows * out * d_in >= 192 * 192 * 192,
-            "large enough to be split"
-        );
-        let x = values(rows * d_in, 8);
-        let mut w = weights::<bf16>(out * d_in, 9);
-        w[5] = bf16::INFINITY;
-        w[d_in * 7 + 3] = bf16::NAN;
-        let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            let mut y = vec![0f32; rows * out];
-            pool.install(|| linear(&x, &w, None, d_in, &mut y));
-            y
-        };
-        let one = run(1);
-        assert_eq!(one[0], f32::INFINITY * x[5].signum());
-        assert!(one[7].is_nan());
-        let bits = |y: &[f32]| y.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-        assert_eq!(bits(&one), bits(&run(2)));
-        assert_eq!(bits(&one), bits(&run(3)));
+        // Both of `gemm`'s orientations (up to 64 rows, and more).
+        for (rows, out, d_in) in [(64, 1030, 128), (65, 1030, 128)] {
+            assert!(
+                rows * out * d_in >= 192 * 192 * 192,
+                "large enough to be split"
+            );
+            let x = values(rows * d_in, 8);
+            let mut w = weights::<bf16>(out * d_in, 9);
+            w[5] = bf16::INFINITY;
+            w[d_in * 7 + 3] = bf16::NAN;
+            let w32: Vec<f32> = w.iter().map(|v| v.to_f32()).collect();
+            let run = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let mut y = vec![0f32; rows * out];
+                let mut y32 = vec![0f32; rows * out];
+                pool.install(|| {
+                    linear(&x, &w, None, d_in, &mut y);
+                    linear(&x, &w32, None, d_in, &mut y32);
+                });
+                (y, y32)
+            };
+            let one = run(1);
+            assert_eq!(one.0[0], f32::INFINITY * x[5].signum());
+            assert!(one.0[7].is_nan() && one.1[7].is_nan());
+            let bits = |y: &[f32]| y.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            for threads in [2, 3] {
+                let other = run(threads);
+                assert_eq!(bits(&one.0), bits(&other.0), "{rows} rows, bf16");
+                assert_eq!(bits(&one.1), bits(&other.1), "{rows} rows, f32");
+            }
+        }
     }
 
     /// Special values go through the widening unchanged: infinities and NaN propagate, and
