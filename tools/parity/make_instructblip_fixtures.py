@@ -156,9 +156,7 @@ def first_logits(model, inputs, decoder_only):
         inputs["pixel_values"], qformer_input_ids=inputs["qformer_input_ids"],
         qformer_attention_mask=inputs["qformer_attention_mask"], return_dict=True,
     ).pooler_output
-    embeds = lm.get_input_embeddings()(inputs["input_ids"])
-    mask = (inputs["input_ids"] == model.config.image_token_index).unsqueeze(-1)
-    embeds = embeds.masked_scatter(mask, features.to(embeds.dtype))
+    embeds = prompt_embeds(model, inputs, features)
     if decoder_only:
         # The positions generate() gives the prompt (cumsum of the mask; a plain forward would
         # count padding too).
@@ -169,13 +167,17 @@ def first_logits(model, inputs, decoder_only):
     return model(**inputs, decoder_input_ids=start).logits[:, -1, :], features
 
 
+def prompt_embeds(model, inputs, features):
+    """The language model's input embeddings with `features` at the image tokens."""
+    embeds = model.language_model.get_input_embeddings()(inputs["input_ids"])
+    mask = (inputs["input_ids"] == model.config.image_token_index).unsqueeze(-1)
+    return embeds.masked_scatter(mask, features.to(embeds.dtype))
+
+
 def t5_encoder_output(model, inputs, features):
     """The T5 encoder's output over the prompt with `features` at the image tokens."""
-    lm = model.language_model
-    embeds = lm.get_input_embeddings()(inputs["input_ids"])
-    mask = (inputs["input_ids"] == model.config.image_token_index).unsqueeze(-1)
-    embeds = embeds.masked_scatter(mask, features.to(embeds.dtype))
-    return lm.encoder(inputs_embeds=embeds, attention_mask=inputs["attention_mask"]).last_hidden_state
+    embeds = prompt_embeds(model, inputs, features)
+    return model.language_model.encoder(inputs_embeds=embeds, attention_mask=inputs["attention_mask"]).last_hidden_state
 
 
 def generation_goldens(model, processor, images, out: Path, decoder_only: bool, pad: int):
