@@ -10,7 +10,9 @@
 //! Options: `--image PATH` (default the fixture `rgb_96x64.png`), `--tokens N` (new tokens per
 //! caption, exactly: min = max; default 20), `--batches 1,4,8`, `--repeat N` (default 5; medians),
 //! `--backend NAME`, `--dtype f32|f16|bf16|int8` (default f32; int8: f32 with the language model's
-//! linear layers in int8). Run it on an otherwise idle machine.
+//! linear layers in int8), `--encode-only` (time image encoding alone and stop: the loop to run
+//! under `perf record` for a per-op profile, see docs/performance.md). Run it on an otherwise
+//! idle machine.
 
 use std::time::{Duration, Instant};
 
@@ -27,6 +29,7 @@ struct Args {
     backend: Option<String>,
     dtype: WeightDType,
     quantization: Quantization,
+    encode_only: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -43,12 +46,14 @@ fn parse_args() -> Result<Args, String> {
         backend: None,
         dtype: WeightDType::F32,
         quantization: Quantization::None,
+        encode_only: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut value = || it.next().ok_or(format!("{arg} needs a value"));
         match arg.as_str() {
             "--bench" => {} // passed by `cargo bench`
+            "--encode-only" => args.encode_only = true,
             "--image" => args.image = value()?,
             "--tokens" => args.tokens = value()?.parse().map_err(|e| format!("--tokens: {e}"))?,
             "--repeat" => args.repeat = value()?.parse().map_err(|e| format!("--repeat: {e}"))?,
@@ -70,7 +75,8 @@ fn parse_args() -> Result<Args, String> {
     if args.model.is_empty() {
         return Err(
             "usage: cargo bench --bench pipeline -- MODEL_DIR [--tokens N] \
-                    [--batches 1,4,8] [--repeat N] [--image PATH] [--backend NAME] [--dtype f32|f16|bf16|int8]"
+                    [--batches 1,4,8] [--repeat N] [--image PATH] [--backend NAME] [--dtype f32|f16|bf16|int8] \
+                    [--encode-only]"
                 .into(),
         );
     }
@@ -146,6 +152,11 @@ fn run(args: &Args) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
     };
     let encode_s = time(&mut || model.encode_pixels(&pixels).map(drop))?;
     progress("encode_s", encode_s);
+    if args.encode_only {
+        return Ok(
+            json!({ "model": args.model, "dtype": args.dtype.to_string(), "encode_s": encode_s }),
+        );
+    }
 
     let images = std::slice::from_ref(&image);
     let mut phases: Vec<Timings> = Vec::new();

@@ -22,16 +22,22 @@
 
 #![warn(missing_docs)]
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
 mod huge;
 mod int8;
 mod many;
+mod packed;
 mod portable;
 mod weight;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
+#[cfg(target_arch = "x86_64")]
+pub use amx::{amx_available, linear_amx, AmxInput, AmxMatrix};
 pub use half::{bf16, f16};
 pub use int8::{linear_int8, linear_int8_at, Int8Matrix, QuantizeError};
+pub use packed::{linear_packed, linear_packed_at, PackedMatrix, PANEL};
 pub use weight::Weight;
 
 use std::sync::OnceLock;

@@ -7,6 +7,9 @@ use half::{bf16, f16};
 /// Products are summed in f32 whatever the weight's type. (int8 weights have their own layout
 /// and kernel: [`Int8Matrix`](crate::Int8Matrix).)
 pub trait Weight: Copy + Send + Sync + 'static + sealed::Loads {
+    /// Zero (the padding of a packed weight's last panel).
+    const ZERO: Self;
+
     /// Its value as f32 (exact).
     fn to_f32(self) -> f32;
 
@@ -26,6 +29,8 @@ pub trait Weight: Copy + Send + Sync + 'static + sealed::Loads {
 }
 
 impl Weight for f32 {
+    const ZERO: Self = 0.0;
+
     fn to_f32(self) -> f32 {
         self
     }
@@ -36,6 +41,8 @@ impl Weight for f32 {
 }
 
 impl Weight for f16 {
+    const ZERO: Self = f16::ZERO;
+
     fn to_f32(self) -> f32 {
         f16::to_f32(self)
     }
@@ -47,6 +54,8 @@ impl Weight for f16 {
 }
 
 impl Weight for bf16 {
+    const ZERO: Self = bf16::ZERO;
+
     fn to_f32(self) -> f32 {
         bf16::to_f32(self)
     }

@@ -1,9 +1,11 @@
 //! x86-64 kernels: one module per instruction set.
 
+pub mod amx;
 pub mod avx2;
 pub mod avx512;
 pub mod int8;
 mod loads;
+pub mod packed;
 
 /// Calls `$tile::<R, O>(x, w, d_in, &mut sums)` for a run-time tile of `$nr` rows × `$no`
 /// outputs (each 1 to 4), and writes the sums into `yt` (`[outs, rows]`).
