@@ -9,7 +9,7 @@
 
 use std::sync::OnceLock;
 
-use blip2_kernels::{bf16, f16, Weight};
+use blip2_kernels::{bf16, f16, PackedMatrix, Weight};
 use burn::backend::flex::FlexTensor;
 use burn::backend::Flex;
 use burn::tensor::{DType, Element, Tensor, TensorData};
@@ -79,6 +79,159 @@ fn wide_half(x: &Tensor<2>, weight: &Tensor<2>, bias: Option<&Tensor<1>>) -> Opt
         None => y,
     };
     Some(y.cast(dtype))
+}
+
+/// A weight packed once, at load, for products of many rows (image encoding): the f32, f16
+/// or bf16 weight in `blip2_kernels::PackedMatrix`'s panels, or a bf16 weight in AMX tiles
+/// where the CPU has them ([`blip2_kernels::amx_available`]), and the bias in f32.
+#[derive(Debug)]
+pub struct Packed {
+    weight: PackedWeight,
+    bias: Option<Vec<f32>>,
+}
+
+/// The packed weight, in the model's dtype.
+#[derive(Debug)]
+enum PackedWeight {
+    F32(PackedMatrix<f32>),
+    F16(PackedMatrix<f16>),
+    Bf16(PackedMatrix<bf16>),
+    #[cfg(target_arch = "x86_64")]
+    Amx(blip2_kernels::AmxMatrix),
+}
+
+impl Packed {
+    /// `weight` (`[out, in]`) and `bias` (`[out]`) packed, when the kernels are on, both are
+    /// contiguous flex tensors of one dtype among f32, f16 and bf16; `None` otherwise.
+    pub fn new(weight: &Tensor<2>, bias: Option<&Tensor<1>>) -> Option<Packed> {
+        let dtype = weight.dtype();
+        if !enabled() || bias.is_some_and(|b| b.dtype() != dtype) {
+            return None;
+        }
+        let w = weight.clone().try_into_primitive::<Flex>().ok()?;
+        let b = match bias {
+            Some(b) => Some(b.clone().try_into_primitive::<Flex>().ok()?),
+            None => None,
+        };
+        let d_in = weight.dims()[1];
+        let (weight, bias) = match dtype {
+            DType::F32 => (
+                PackedWeight::F32(PackedMatrix::pack(w.as_slice()?, d_in)),
+                wide::<f32>(b.as_ref())?,
+            ),
+            DType::F16 => (
+                PackedWeight::F16(PackedMatrix::pack(w.as_slice()?, d_in)),
+                wide::<f16>(b.as_ref())?,
+            ),
+            DType::BF16 => {
+                let w = w.as_slice::<bf16>()?;
+                #[cfg(target_arch = "x86_64")]
+                let weight = if blip2_kernels::amx_available() {
+                    PackedWeight::Amx(blip2_kernels::AmxMatrix::pack(w, d_in))
+                } else {
+                    PackedWeight::Bf16(PackedMatrix::pack(w, d_in))
+                };
+                #[cfg(not(target_arch = "x86_64"))]
+                let weight = PackedWeight::Bf16(PackedMatrix::pack(w, d_in));
+                (weight, wide::<bf16>(b.as_ref())?)
+            }
+            _ => return None,
+        };
+        Some(Packed { weight, bias })
+    }
+
+    /// Output width.
+    pub fn d_out(&self) -> usize {
+        match &self.weight {
+            PackedWeight::F32(m) => m.d_out(),
+            PackedWeight::F16(m) => m.d_out(),
+            PackedWeight::Bf16(m) => m.d_out(),
+            #[cfg(target_arch = "x86_64")]
+            PackedWeight::Amx(m) => m.d_out(),
+        }
+    }
+
+    /// The weight's dtype, also the input's and the output's.
+    pub fn dtype(&self) -> DType {
+        match &self.weight {
+            PackedWeight::F32(_) => DType::F32,
+            PackedWeight::F16(_) => DType::F16,
+            PackedWeight::Bf16(_) => DType::BF16,
+            #[cfg(target_arch = "x86_64")]
+            PackedWeight::Amx(_) => DType::BF16,
+        }
+    }
+
+    /// Bytes the packed weight (padding included) and the bias hold.
+    pub fn size_bytes(&self) -> usize {
+        let weight = match &self.weight {
+            PackedWeight::F32(m) => m.size_bytes(),
+            PackedWeight::F16(m) => m.size_bytes(),
+            PackedWeight::Bf16(m) => m.size_bytes(),
+            #[cfg(target_arch = "x86_64")]
+            PackedWeight::Amx(m) => m.size_bytes(),
+        };
+        weight + 4 * self.bias.as_ref().map_or(0, Vec::len)
+    }
+
+    /// `x Wᵀ + b` for `x: [rows, in]` in the layer's dtype (a flex tensor): the products and
+    /// the bias summed in f32, rounded once to the dtype. Reads `x` in place when it is
+    /// contiguous, through a copy otherwise.
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        let [rows, _] = x.dims();
+        let out = self.d_out();
+        let device = x.device();
+        let bias = self.bias.as_deref();
+        let mut y = vec![0f32; rows * out];
+        let data = match &self.weight {
+            PackedWeight::F32(m) => {
+                with_values::<f32>(x, |x| blip2_kernels::linear_packed(x, m, bias, &mut y));
+                TensorData::new(y, [rows, out])
+            }
+            PackedWeight::F16(m) => {
+                with_values::<f16>(x, |x| {
+                    let x: Vec<f32> = x.iter().map(|v| v.to_f32()).collect();
+                    blip2_kernels::linear_packed(&x, m, bias, &mut y)
+                });
+                rounded::<f16>(y, rows, out)
+            }
+            PackedWeight::Bf16(m) => {
+                with_values::<bf16>(x, |x| {
+                    let x: Vec<f32> = x.iter().map(|v| v.to_f32()).collect();
+                    blip2_kernels::linear_packed(&x, m, bias, &mut y)
+                });
+                rounded::<bf16>(y, rows, out)
+            }
+            #[cfg(target_arch = "x86_64")]
+            PackedWeight::Amx(m) => {
+                with_values::<bf16>(x, |x| blip2_kernels::linear_amx(x, m, bias, &mut y));
+                rounded::<bf16>(y, rows, out)
+            }
+        };
+        crate::nn::tensor(data, &device)
+    }
+}
+
+/// Runs `f` on `x`'s values as `E` (the tensor's dtype): in place on flex when contiguous,
+/// from a copy otherwise.
+fn with_values<E: Element + bytemuck::Pod>(x: Tensor<2>, f: impl FnOnce(&[E])) {
+    if let Ok(p) = x.clone().try_into_primitive::<Flex>() {
+        if let Some(values) = p.as_slice::<E>() {
+            return f(values);
+        }
+    }
+    let data = x.into_data().convert::<E>();
+    f(data.as_slice::<E>().expect("converted"))
+}
+
+/// f32 sums rounded once to `H`, as `[rows, out]`.
+fn rounded<H: Half>(y: Vec<f32>, rows: usize, out: usize) -> TensorData {
+    TensorData::new(y.into_iter().map(H::round).collect::<Vec<H>>(), [rows, out])
+}
+
+/// A bias's values widened to f32: `Some(None)` without a bias, `None` if not contiguous.
+fn wide<E: Weight + Element + bytemuck::Pod>(b: Option<&FlexTensor>) -> Option<Option<Vec<f32>>> {
+    Some(slice::<E>(b)?.map(|b| b.iter().map(|v| v.to_f32()).collect()))
 }
 
 /// Runs `f` on `x`'s f32 values in place when `x` is a contiguous f32 tensor on burn-flex;

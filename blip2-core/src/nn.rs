@@ -40,6 +40,19 @@ pub enum Dense {
     Float(FloatDense),
     /// An int8 weight with one f32 scale per output row, and an f32 bias, outside burn.
     Int8(Int8Dense),
+    /// A weight packed once for products of many rows (image encoding) on the CPU kernels, in
+    /// the model's dtype (AMX tiles for bf16 where the CPU has them), and an f32 bias; see
+    /// [`Dense::packed`].
+    #[cfg(feature = "flex")]
+    Packed(PackedDense),
+}
+
+/// The parameters of a [`Dense::Packed`] layer, shared between clones.
+#[cfg(feature = "flex")]
+#[derive(Module, Debug)]
+pub struct PackedDense {
+    #[module(skip)]
+    inner: std::sync::Arc<crate::cpu::Packed>,
 }
 
 /// The parameters of a [`Dense::Float`] layer.
@@ -94,11 +107,31 @@ impl Dense {
         Ok(Dense::Int8(Int8Dense { inner }))
     }
 
+    /// This layer with its weight packed for products of many rows, for the layers of image
+    /// encoding: on burn-flex with the kernels on (feature `flex`), an f32, f16 or bf16 layer
+    /// becomes a [`Dense::Packed`] one (the packed copy replaces the tensor: no more memory);
+    /// anything else is returned as it is. Same results up to summation order (in bf16 on AMX,
+    /// the tile units' order and their flushing of subnormal inputs to zero).
+    pub fn packed(self) -> Self {
+        #[cfg(feature = "flex")]
+        if let Dense::Float(f) = &self {
+            let bias = f.bias.as_ref().map(Param::val);
+            if let Some(p) = crate::cpu::Packed::new(&f.weight.val(), bias.as_ref()) {
+                return Dense::Packed(PackedDense {
+                    inner: std::sync::Arc::new(p),
+                });
+            }
+        }
+        self
+    }
+
     /// Output width.
     pub fn d_out(&self) -> usize {
         match self {
             Dense::Float(f) => f.weight.dims()[0],
             Dense::Int8(q) => q.inner.weight.d_out(),
+            #[cfg(feature = "flex")]
+            Dense::Packed(p) => p.inner.d_out(),
         }
     }
 
@@ -108,6 +141,8 @@ impl Dense {
         match self {
             Dense::Float(f) => f.weight.dtype(),
             Dense::Int8(_) => DType::F32,
+            #[cfg(feature = "flex")]
+            Dense::Packed(p) => p.inner.dtype(),
         }
     }
 
@@ -124,6 +159,8 @@ impl Dense {
             Dense::Int8(q) => {
                 q.inner.weight.size_bytes() + 4 * q.inner.bias.as_ref().map_or(0, Vec::len)
             }
+            #[cfg(feature = "flex")]
+            Dense::Packed(p) => p.inner.size_bytes(),
         }
     }
 
@@ -141,6 +178,8 @@ impl Dense {
         match self {
             Dense::Float(f) => f.forward(x).reshape(dims),
             Dense::Int8(q) => int8_forward(x, &q.inner).reshape(dims),
+            #[cfg(feature = "flex")]
+            Dense::Packed(p) => p.inner.forward(x).reshape(dims),
         }
     }
 }
