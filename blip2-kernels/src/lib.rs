@@ -245,9 +245,37 @@ fn block_at<W: Weight>(level: Level, x: &[f32], w: &[W], d_in: usize, rows: usiz
     }
 }
 
+/// Helpers the unit tests of every module share.
+#[cfg(test)]
+pub(crate) mod testing {
+    use crate::Level;
+
+    /// Deterministic values in [-1, 1).
+    pub fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    /// The levels this CPU runs.
+    pub fn levels() -> Vec<Level> {
+        [Level::Portable, Level::Avx2, Level::Avx512]
+            .into_iter()
+            .filter(|l| l.is_available())
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{levels, values};
 
     /// The product in f64, summed in order: the ground truth.
     fn reference<W: Weight>(x: &[f32], w: &[W], bias: Option<&[W]>, d_in: usize) -> Vec<f64> {
@@ -262,26 +290,6 @@ mod tests {
             }
         }
         y
-    }
-
-    /// Deterministic values in [-1, 1).
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-            })
-            .collect()
-    }
-
-    fn levels() -> Vec<Level> {
-        [Level::Portable, Level::Avx2, Level::Avx512]
-            .into_iter()
-            .filter(|l| l.is_available())
-            .collect()
     }
 
     /// Values of the weight type (rounded from [-1, 1)).

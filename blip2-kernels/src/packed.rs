@@ -313,26 +313,8 @@ unsafe fn tile_portable<W: Weight, const FUSED: bool>(tile: &Tile<W>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{levels, values};
     use crate::{bf16, f16};
-
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-            })
-            .collect()
-    }
-
-    fn levels() -> Vec<Level> {
-        [Level::Portable, Level::Avx2, Level::Avx512]
-            .into_iter()
-            .filter(|l| l.is_available())
-            .collect()
-    }
 
     /// Against an f64 reference, at every tail of the row blocks (rows around multiples of 12,
     /// up to 257 = 21·12 + 5), the panels (out around multiples of 32) and the passes (in
