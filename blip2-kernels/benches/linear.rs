@@ -9,34 +9,10 @@
 
 use std::time::Instant;
 
-use blip2_kernels::{bf16, f16, linear_at, linear_int8_at, Int8Matrix, Level, Weight};
+use blip2_kernels::{bf16, f16, linear_at, linear_int8_at, Int8Matrix, Level};
 
-/// A weight type the bench can fill.
-trait Fill: Weight {
-    const NAME: &'static str;
-    fn from(v: f32) -> Self;
-}
-
-impl Fill for f32 {
-    const NAME: &'static str = "f32";
-    fn from(v: f32) -> Self {
-        v
-    }
-}
-
-impl Fill for f16 {
-    const NAME: &'static str = "f16";
-    fn from(v: f32) -> Self {
-        f16::from_f32(v)
-    }
-}
-
-impl Fill for bf16 {
-    const NAME: &'static str = "bf16";
-    fn from(v: f32) -> Self {
-        bf16::from_f32(v)
-    }
-}
+mod common;
+use common::Fill;
 
 fn main() {
     stream_reference();

@@ -93,10 +93,8 @@ impl AmxMatrix {
         data.par_chunks_mut(panel).enumerate().for_each(|(p, out)| {
             for j in 0..COLS.min(d_out - p * COLS) {
                 let row = &w[(p * COLS + j) * d_in..(p * COLS + j + 1) * d_in];
-                let (half, n) = (j / 16, j % 16);
                 for (k, &v) in row.iter().enumerate() {
-                    let (chunk, kk) = (k / DEPTH, k % DEPTH);
-                    out[(chunk * 2 + half) * TILE + (kk / 2) * 32 + n * 2 + kk % 2] = v;
+                    out[in_panel(j, k)] = v;
                 }
             }
         });
@@ -109,10 +107,8 @@ impl AmxMatrix {
         let mut w = vec![bf16::ZERO; self.d_out * self.d_in];
         for (o, row) in w.chunks_exact_mut(self.d_in).enumerate() {
             let tiles = &self.data[o / COLS * panel..];
-            let (half, n) = (o % COLS / 16, o % 16);
             for (k, v) in row.iter_mut().enumerate() {
-                let (chunk, kk) = (k / DEPTH, k % DEPTH);
-                *v = tiles[(chunk * 2 + half) * TILE + (kk / 2) * 32 + n * 2 + kk % 2];
+                *v = tiles[in_panel(o % COLS, k)];
             }
         }
         w
@@ -134,6 +130,13 @@ impl AmxMatrix {
     }
 }
 
+/// Where weight `[j][k]` of a panel (column `j` < 32 of it, input `k`) lies in the panel: tile
+/// pair `k / 32`, tile `j / 16`, then `[k % 32 / 2][j % 16][k % 2]`.
+fn in_panel(j: usize, k: usize) -> usize {
+    let (chunk, kk) = (k / DEPTH, k % DEPTH);
+    (chunk * 2 + j / 16) * TILE + (kk / 2) * 32 + (j % 16) * 2 + kk % 2
+}
+
 /// `y = x Wᵀ + b` for `x: [rows, in]` (bf16 values, or f32 values rounded to bf16 to nearest
 /// even), an AMX-packed `W`, `bias: [out]` (f32) and `y: [rows, out]` (f32): the products summed
 /// by the tile units in f32, then the bias added. Each output is computed by one thread from the
@@ -145,12 +148,15 @@ pub fn linear_amx<X: AmxInput>(x: &[X], w: &AmxMatrix, bias: Option<&[f32]>, y: 
     let (d_in, out) = (w.d_in, w.d_out);
     assert!(x.len().is_multiple_of(d_in), "x must be [rows, in]");
     let rows = x.len() / d_in;
-    assert_eq!(y.len(), rows * out, "y must be [rows, out]");
-    if let Some(b) = bias {
-        assert_eq!(b.len(), out, "bias must be [out]");
-    }
     assert!(amx_available(), "AMX is not available in this process");
-    if rows == 0 || out == 0 {
+    // AMX implies AVX-512 (`hardware`), so the level check passes.
+    if !crate::check_outputs(
+        crate::Level::Avx512,
+        rows,
+        out,
+        bias.map(<[f32]>::len),
+        y.len(),
+    ) {
         return;
     }
     let chunks = d_in.div_ceil(DEPTH);
@@ -255,7 +261,7 @@ fn pack_rows<X: AmxInput>(x: &[X], d_in: usize, chunks: usize) -> Vec<bf16> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::values;
+    use crate::testing::{on_threads, reference, values};
 
     #[test]
     fn packing_round_trips() {
@@ -302,21 +308,13 @@ mod tests {
                 let xb: Vec<bf16> = x.iter().map(|&v| bf16::from_f32(v)).collect();
                 linear_amx(&xb, &packed, bias, &mut yb);
                 assert_eq!(y, yb, "f32 inputs are rounded to bf16");
-                for r in 0..rows {
-                    for o in 0..out {
-                        let want: f64 = (0..d_in)
-                            .map(|k| {
-                                f64::from(xb[r * d_in + k].to_f32())
-                                    * f64::from(w[o * d_in + k].to_f32())
-                            })
-                            .sum::<f64>()
-                            + bias.map_or(0.0, |b| f64::from(b[o]));
-                        let got = f64::from(y[r * out + o]);
-                        assert!(
-                            (got - want).abs() <= 1e-6 * (d_in as f64 + 1.0),
-                            "{rows}x{out}x{d_in} [{r}][{o}]: {got} against {want}"
-                        );
-                    }
+                let x_rounded: Vec<f32> = xb.iter().map(|v| v.to_f32()).collect();
+                let want = reference(&x_rounded, &w, bias, d_in);
+                for (i, (&got, want)) in y.iter().zip(want).enumerate() {
+                    assert!(
+                        (f64::from(got) - want).abs() <= 1e-6 * (d_in as f64 + 1.0),
+                        "{rows}x{out}x{d_in} [{i}]: {got} against {want}"
+                    );
                 }
             }
         }
@@ -338,12 +336,8 @@ mod tests {
         let b = values(out, 3);
         let packed = AmxMatrix::pack(&w, d_in);
         let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
             let mut y = vec![0f32; rows * out];
-            pool.install(|| linear_amx(&x, &packed, Some(&b), &mut y));
+            on_threads(threads, || linear_amx(&x, &packed, Some(&b), &mut y));
             y
         };
         let one = run(1);

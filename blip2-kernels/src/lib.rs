@@ -173,6 +173,26 @@ pub fn linear_at<W: Weight>(
     })
 }
 
+/// Panics unless `y` holds `[rows, out]`, the bias (its length given) `[out]`, and the CPU runs
+/// `level`; whether there is anything to compute (`rows` and `out` both non-zero).
+pub(crate) fn check_outputs(
+    level: Level,
+    rows: usize,
+    out: usize,
+    bias: Option<usize>,
+    y: usize,
+) -> bool {
+    assert_eq!(y, rows * out, "y must be [rows, out]");
+    if let Some(b) = bias {
+        assert_eq!(b, out, "bias must be [out]");
+    }
+    assert!(
+        level.is_available(),
+        "{level:?} is not available on this CPU"
+    );
+    rows > 0 && out > 0
+}
+
 /// Checks `y: [rows, out]`, `bias: [out]` and `level`, then has `products` fill the products
 /// `Σ_k x[r][k] w[o][k]` in `[out, rows]` order and adds the bias into `y`. One row (a decoding
 /// step) is `y`'s own layout, so its products go straight into it, with no scratch buffer.
@@ -184,15 +204,7 @@ pub(crate) fn with_outputs<B: Weight>(
     y: &mut [f32],
     products: impl FnOnce(&mut [f32]),
 ) {
-    assert_eq!(y.len(), rows * out, "y must be [rows, out]");
-    if let Some(b) = bias {
-        assert_eq!(b.len(), out, "bias must be [out]");
-    }
-    assert!(
-        level.is_available(),
-        "{level:?} is not available on this CPU"
-    );
-    if rows == 0 || out == 0 {
+    if !check_outputs(level, rows, out, bias.map(<[B]>::len), y.len()) {
         return;
     }
     if rows == 1 {
@@ -248,7 +260,7 @@ fn block_at<W: Weight>(level: Level, x: &[f32], w: &[W], d_in: usize, rows: usiz
 /// Helpers the unit tests of every module share.
 #[cfg(test)]
 pub(crate) mod testing {
-    use crate::Level;
+    use crate::{Level, Weight};
 
     /// Deterministic values in [-1, 1).
     pub fn values(n: usize, seed: u64) -> Vec<f32> {
@@ -263,22 +275,14 @@ pub(crate) mod testing {
             .collect()
     }
 
-    /// The levels this CPU runs.
-    pub fn levels() -> Vec<Level> {
-        [Level::Portable, Level::Avx2, Level::Avx512]
-            .into_iter()
-            .filter(|l| l.is_available())
-            .collect()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::testing::{levels, values};
-
-    /// The product in f64, summed in order: the ground truth.
-    fn reference<W: Weight>(x: &[f32], w: &[W], bias: Option<&[W]>, d_in: usize) -> Vec<f64> {
+    /// `y = x Wᵀ + b` in f64 (`x: [rows, in]`, `w: [out, in]`, `bias: [out]`), summed in order:
+    /// the ground truth.
+    pub fn reference<W: Weight, B: Weight>(
+        x: &[f32],
+        w: &[W],
+        bias: Option<&[B]>,
+        d_in: usize,
+    ) -> Vec<f64> {
         let (rows, out) = (x.len() / d_in, w.len() / d_in);
         let mut y = vec![0f64; rows * out];
         for r in 0..rows {
@@ -291,6 +295,29 @@ mod tests {
         }
         y
     }
+
+    /// `f` on a pool of `threads` threads.
+    pub fn on_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("a thread pool")
+            .install(f)
+    }
+
+    /// The levels this CPU runs.
+    pub fn levels() -> Vec<Level> {
+        [Level::Portable, Level::Avx2, Level::Avx512]
+            .into_iter()
+            .filter(|l| l.is_available())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{levels, reference, values};
 
     /// Values of the weight type (rounded from [-1, 1)).
     trait FromF32: Weight {

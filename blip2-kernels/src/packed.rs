@@ -89,8 +89,8 @@ impl<W: Weight> PackedMatrix<W> {
 }
 
 /// `y = x Wᵀ + b` at [`Level::detected`]; see [`linear_packed_at`].
-pub fn linear_packed<W: Weight>(
-    x: &[f32],
+pub fn linear_packed<W: Weight, X: Weight>(
+    x: &[X],
     w: &PackedMatrix<W>,
     bias: Option<&[f32]>,
     y: &mut [f32],
@@ -98,16 +98,16 @@ pub fn linear_packed<W: Weight>(
     linear_packed_at(Level::detected(), x, w, bias, y)
 }
 
-/// `y = x Wᵀ + b` for `x: [rows, in]`, a packed `W` (`[out, in]`), `bias: [out]` and
-/// `y: [rows, out]`, at `level`: each output is the bias plus `Σ_k x[r][k] w[o][k]`, summed in
+/// `y = x Wᵀ + b` for `x: [rows, in]` (f32, f16 or bf16, widened exactly while it is packed),
+/// a packed `W` (`[out, in]`), `bias: [out]` and `y: [rows, out]`, at `level`: each output is the bias plus `Σ_k x[r][k] w[o][k]`, summed in
 /// f32 in order of `k` (fused multiply-adds on AVX-512 and AVX2, a product then a sum
 /// portably), by one thread.
 ///
 /// # Panics
 /// If the lengths do not fit these shapes, or if the CPU cannot run `level`.
-pub fn linear_packed_at<W: Weight>(
+pub fn linear_packed_at<W: Weight, X: Weight>(
     level: Level,
-    x: &[f32],
+    x: &[X],
     w: &PackedMatrix<W>,
     bias: Option<&[f32]>,
     y: &mut [f32],
@@ -115,15 +115,7 @@ pub fn linear_packed_at<W: Weight>(
     let (d_in, out) = (w.d_in, w.d_out);
     assert!(x.len().is_multiple_of(d_in), "x must be [rows, in]");
     let rows = x.len() / d_in;
-    assert_eq!(y.len(), rows * out, "y must be [rows, out]");
-    if let Some(b) = bias {
-        assert_eq!(b.len(), out, "bias must be [out]");
-    }
-    assert!(
-        level.is_available(),
-        "{level:?} is not available on this CPU"
-    );
-    if rows == 0 || out == 0 {
+    if !crate::check_outputs(level, rows, out, bias.map(<[f32]>::len), y.len()) {
         return;
     }
     let xp = pack_rows(x, d_in);
@@ -155,8 +147,9 @@ unsafe impl Send for Shared {}
 // SAFETY: as above.
 unsafe impl Sync for Shared {}
 
-/// `x` packed into blocks of [`ROWS`] rows, each `[in][ROWS]`, the last padded with zeros.
-fn pack_rows(x: &[f32], d_in: usize) -> Vec<f32> {
+/// `x` widened to f32 and packed into blocks of [`ROWS`] rows, each `[in][ROWS]`, the last
+/// padded with zeros.
+fn pack_rows<X: Weight>(x: &[X], d_in: usize) -> Vec<f32> {
     let rows = x.len() / d_in;
     let blocks = rows.div_ceil(ROWS);
     let mut xp = vec![0f32; blocks * d_in * ROWS];
@@ -164,7 +157,7 @@ fn pack_rows(x: &[f32], d_in: usize) -> Vec<f32> {
         for i in 0..ROWS.min(rows - b * ROWS) {
             let row = &x[(b * ROWS + i) * d_in..(b * ROWS + i + 1) * d_in];
             for (k, &v) in row.iter().enumerate() {
-                block[k * ROWS + i] = v;
+                block[k * ROWS + i] = v.to_f32();
             }
         }
     }
@@ -313,7 +306,7 @@ unsafe fn tile_portable<W: Weight, const FUSED: bool>(tile: &Tile<W>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{levels, values};
+    use crate::testing::{levels, on_threads, reference, values};
     use crate::{bf16, f16};
 
     /// Against an f64 reference, at every tail of the row blocks (rows around multiples of 12,
@@ -339,24 +332,17 @@ mod tests {
                     .collect();
                 let b = values(out, 9);
                 let packed = PackedMatrix::pack(&w, d_in);
-                assert_eq!(packed.unpack().len(), w.len());
+                let bits = |w: &[W]| w.iter().map(|v| v.to_f32().to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&packed.unpack()), bits(&w));
                 for bias in [None, Some(b.as_slice())] {
                     let mut y = vec![f32::NAN; rows * out];
                     linear_packed_at(level, &x, &packed, bias, &mut y);
-                    for r in 0..rows {
-                        for o in 0..out {
-                            let want: f64 = (0..d_in)
-                                .map(|k| {
-                                    f64::from(x[r * d_in + k]) * f64::from(w[o * d_in + k].to_f32())
-                                })
-                                .sum::<f64>()
-                                + bias.map_or(0.0, |b| f64::from(b[o]));
-                            let got = f64::from(y[r * out + o]);
-                            assert!(
-                                (got - want).abs() <= 1e-6 * (d_in as f64 + 1.0),
-                                "{level:?} {rows}x{out}x{d_in} [{r}][{o}]: {got} against {want}"
-                            );
-                        }
+                    let want = reference(&x, &w, bias, d_in);
+                    for (i, (&got, want)) in y.iter().zip(want).enumerate() {
+                        assert!(
+                            (f64::from(got) - want).abs() <= 1e-6 * (d_in as f64 + 1.0),
+                            "{level:?} {rows}x{out}x{d_in} [{i}]: {got} against {want}"
+                        );
                     }
                 }
             }
@@ -389,12 +375,10 @@ mod tests {
         let packed = PackedMatrix::pack(&w, d_in);
         for level in levels() {
             let run = |threads: usize| {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .unwrap();
                 let mut y = vec![0f32; rows * out];
-                pool.install(|| linear_packed_at(level, &x, &packed, Some(&b), &mut y));
+                on_threads(threads, || {
+                    linear_packed_at(level, &x, &packed, Some(&b), &mut y)
+                });
                 y
             };
             let one = run(1);
