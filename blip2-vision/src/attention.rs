@@ -62,10 +62,11 @@ impl Blip2Attention {
         } else {
             None
         };
-        let qkv = Dense::new(weight, bias);
+        // Every product here has `batch * (patches + 1)` rows: the weights are packed for that.
+        let qkv = Dense::new(weight, bias).packed();
         Ok(Blip2Attention {
             qkv,
-            projection: nn::linear(&w.pp("projection"), hidden, hidden, true, device)?,
+            projection: nn::linear(&w.pp("projection"), hidden, hidden, true, device)?.packed(),
             num_heads: config.num_attention_heads,
         })
     }

@@ -24,9 +24,10 @@ impl Blip2Mlp {
     /// Loads `...mlp` from `w`.
     pub fn load(w: &Weights, config: &VisionConfig, device: &Device) -> Result<Self> {
         let (h, i) = (config.hidden_size, config.intermediate_size);
+        // Packed for products of `batch * (patches + 1)` rows (see `Dense::packed`).
         Ok(Blip2Mlp {
-            fc1: nn::linear(&w.pp("fc1"), h, i, true, device)?,
-            fc2: nn::linear(&w.pp("fc2"), i, h, true, device)?,
+            fc1: nn::linear(&w.pp("fc1"), h, i, true, device)?.packed(),
+            fc2: nn::linear(&w.pp("fc2"), i, h, true, device)?.packed(),
             activation: config.hidden_act,
         })
     }
