@@ -167,15 +167,20 @@ pub fn linear_amx<X: AmxInput>(x: &[X], w: &AmxMatrix, bias: Option<&[f32]>, y: 
     let y_at = SharedOut(y.as_mut_ptr());
     (0..panels.div_ceil(per)).into_par_iter().for_each(|run| {
         let mut c = Scratch([0f32; ROWS * COLS]);
+        // SAFETY: `amx_available` was checked above (it also asked Linux for the tile state),
+        // and this closure makes no nested rayon call, so no other `Tiles` is live on this
+        // worker thread while this one is.
+        let tiles = unsafe { crate::x86::amx::Tiles::configure() };
         for p in run * per..((run + 1) * per).min(panels) {
             let wp = &w.data[p * chunks * 2 * TILE..(p + 1) * chunks * 2 * TILE];
             let n0 = p * COLS;
             let cols = COLS.min(out - n0);
             for b in 0..rows.div_ceil(ROWS) {
                 let a = &xp[b * chunks * 2 * TILE..(b + 1) * chunks * 2 * TILE];
-                // SAFETY: `a` and `wp` hold `chunks` pairs of tiles each, `c` 32 × 32 f32,
-                // and `amx_available` holds (asserted above).
-                unsafe { crate::x86::amx::block(a.as_ptr(), wp.as_ptr(), chunks, &mut c.0) };
+                // SAFETY: `a` and `wp` hold `chunks` pairs of tiles each, `c` 32 × 32 f32.
+                unsafe {
+                    crate::x86::amx::block(&tiles, a.as_ptr(), wp.as_ptr(), chunks, &mut c.0)
+                };
                 let r0 = b * ROWS;
                 for i in 0..ROWS.min(rows - r0) {
                     // SAFETY: row r0 + i < rows, columns n0..n0 + cols < out: inside `y`, and

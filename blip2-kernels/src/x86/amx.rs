@@ -17,26 +17,56 @@ const CONFIG: Config = {
     Config(c)
 };
 
+/// The tile state of one thread, configured for [`block`]: created once per run of blocks (the
+/// configuration costs more than a block's loop overhead), released when dropped. Not `Send`: the
+/// configuration belongs to the thread that loaded it.
+pub struct Tiles(std::marker::PhantomData<*const ()>);
+
+impl Tiles {
+    /// Loads the tile configuration on this thread.
+    ///
+    /// # Safety
+    /// AMX-TILE and AMX-BF16 are usable by this thread (`amx_available`), and no other tile
+    /// configuration is live on it (no other `Tiles` exists on this thread).
+    pub unsafe fn configure() -> Tiles {
+        // SAFETY: the configuration is 64-byte aligned and valid for palette 1; the caller
+        // guarantees the tile instructions are enabled for this thread.
+        unsafe {
+            std::arch::asm!("ldtilecfg [{cfg}]", cfg = in(reg) &CONFIG, options(nostack, readonly));
+        }
+        Tiles(std::marker::PhantomData)
+    }
+}
+
+impl Drop for Tiles {
+    fn drop(&mut self) {
+        // SAFETY: a `Tiles` exists only after `configure` succeeded on this thread (it is not
+        // `Send`), so the tile instructions are enabled here; releasing returns the tile state
+        // to its initial one.
+        unsafe { std::arch::asm!("tilerelease", options(nostack, nomem)) };
+    }
+}
+
 /// `c[i][j] = Σ_k a[i][k] w[j][k]` for 32 rows and 32 columns over `chunks` × 32 inputs: `a` is
 /// `chunks` pairs of input tiles (rows 0–15, rows 16–31; each `[16][32]` bf16), `w` `chunks`
 /// pairs of weight tiles (columns 0–15, 16–31; each `[16][16][2]`), `c` 32 rows of 32 f32.
 ///
 /// # Safety
-/// AMX-TILE and AMX-BF16 are usable by this thread (`amx_available`); `a` and `w` point at
-/// `chunks * 1024` readable bf16 values each; `chunks > 0`.
+/// `a` and `w` point at `chunks * 1024` readable bf16 values each; `chunks > 0`. (`tiles`, which
+/// only this thread can hold, proves the tile configuration is loaded here.)
 pub unsafe fn block(
+    _tiles: &Tiles,
     a: *const half::bf16,
     w: *const half::bf16,
     chunks: usize,
     c: &mut [f32; 1024],
 ) {
     debug_assert!(chunks > 0);
-    // SAFETY: the configuration is 64-byte aligned; the loads read `chunks` × 2 KiB from `a`
-    // and from `w`, the stores write 32 rows of 128 bytes into `c`; the tile state is
-    // released before the block ends, so nothing else sees it.
+    // SAFETY: `_tiles` shows this thread's tiles are configured as 16 rows × 64 bytes; the
+    // loads read `chunks` × 2 KiB from `a` and from `w`, the stores write 32 rows of 128 bytes
+    // into `c`; the accumulators are zeroed first, so no earlier block's state leaks in.
     unsafe {
         std::arch::asm!(
-            "ldtilecfg [{cfg}]",
             "tilezero tmm0",
             "tilezero tmm1",
             "tilezero tmm2",
@@ -60,8 +90,6 @@ pub unsafe fn block(
             "tilestored [{c1} + {s128}], tmm1",
             "tilestored [{c2} + {s128}], tmm2",
             "tilestored [{c3} + {s128}], tmm3",
-            "tilerelease",
-            cfg = in(reg) &CONFIG,
             a = inout(reg) a => _,
             w = inout(reg) w => _,
             n = inout(reg) chunks => _,
