@@ -324,6 +324,13 @@ pub struct Norm {
     inner: LayerNorm,
 }
 
+impl From<LayerNorm> for Norm {
+    /// burn's layer norm, computed in f32 (its parameters should be f32).
+    fn from(inner: LayerNorm) -> Self {
+        Norm { inner }
+    }
+}
+
 impl Norm {
     /// Normalizes the last dimension of `x`.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
